@@ -1,0 +1,1 @@
+"""opus-sessions: resumable, accountable voice-call sessions."""

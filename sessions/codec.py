@@ -1,0 +1,122 @@
+"""How a session is laid out as a flat map of fields (a Redis hash), and the snapshot wire shape.
+
+Each field of `SessionState` is one entry holding its JSON text, except
+`last_activity`, held as integer microseconds so that server-side scripts can
+compare it and use it as an index score. Both backends store this map.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sessions.clock import from_us, to_us
+from sessions.errors import CorruptSession, InvalidSessionData
+from sessions.keys import check_conversation_id
+from sessions.state import SessionState, SessionStatus, describe_validation_error
+
+FIELD_NAMES: tuple[str, ...] = tuple(SessionState.model_fields)
+ACTIVITY_FIELD = "last_activity"
+ARCHIVED_FIELD = "_archived"
+_KNOWN = frozenset(FIELD_NAMES)
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_value(name: str, value: Any) -> str:
+    """The stored text of one field, given its JSON-mode value."""
+    if name == ACTIVITY_FIELD:
+        raise ValueError("last_activity is stored as microseconds; use encode_state")
+    return str(_DUMPS(value))
+
+
+def encode_state(state: SessionState) -> dict[str, str]:
+    """The full field map of a state."""
+    doc = state.model_dump(mode="json", exclude={ACTIVITY_FIELD})
+    fields = {name: str(_DUMPS(value)) for name, value in doc.items()}
+    fields[ACTIVITY_FIELD] = str(to_us(state.last_activity))
+    return fields
+
+
+def fields_to_json(conversation_id: str, fields: Mapping[str, str]) -> str:
+    """One JSON document (the `to_dict()` shape) from a stored field map."""
+    parts = []
+    for name in FIELD_NAMES:
+        raw = fields.get(name)
+        if raw is None:
+            continue
+        if name == ACTIVITY_FIELD:
+            try:
+                raw = '"' + from_us(int(raw)).isoformat() + '"'
+            except (ValueError, OverflowError):
+                raise CorruptSession(conversation_id, f"last_activity {raw[:40]!r}") from None
+        parts.append(f'"{name}":{raw}')
+    return "{" + ",".join(parts) + "}"
+
+
+def decode_state(conversation_id: str, fields: Mapping[str, str]) -> SessionState:
+    """Parse a stored field map; CorruptSession names the conversation on failure."""
+    if "conversation_id" not in fields:
+        raise CorruptSession(conversation_id, "no conversation_id field")
+    try:
+        return SessionState.model_validate_json(fields_to_json(conversation_id, fields))
+    except ValidationError as exc:
+        raise CorruptSession(conversation_id, describe_validation_error(exc)) from None
+
+
+def decode_dict(conversation_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    """Like `decode_state(...).to_dict()`: the stored session as a JSON-safe dict."""
+    return decode_state(conversation_id, fields).to_dict()
+
+
+class Snapshot(BaseModel):
+    """One session's state at `(epoch, seq)`, as saved by the compare-and-set write."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    conversation_id: str
+    epoch: int = Field(ge=1)
+    seq: int = Field(ge=0)
+    status: SessionStatus
+    last_activity_us: int = Field(ge=0)
+    fields: dict[str, str]
+
+    @field_validator("conversation_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        return check_conversation_id(value)
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: dict[str, str]) -> dict[str, str]:
+        unknown = set(fields) - _KNOWN
+        if unknown:
+            raise ValueError(f"unknown session fields {sorted(unknown)}")
+        return fields
+
+    @classmethod
+    def of(cls, state: SessionState) -> Snapshot:
+        """The snapshot of a state as it is now."""
+        return cls.model_construct(
+            conversation_id=state.conversation_id,
+            epoch=state.epoch,
+            seq=state.seq,
+            status=state.status,
+            last_activity_us=to_us(state.last_activity),
+            fields=encode_state(state),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        """A snapshot from a `SessionState.to_dict()` shaped dict (validated)."""
+        return cls.of(SessionState.from_dict(dict(data)))
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Snapshot:
+        """A snapshot from its JSON wire form; InvalidSessionData names the field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidSessionData(describe_validation_error(exc)) from None

@@ -1,0 +1,364 @@
+"""In-process storage with the Redis scripts' rules, for the embedded default and development."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sessions.activity_index import ActivityIndex
+from sessions.clock import from_us, now_us
+from sessions.codec import (
+    ACTIVITY_FIELD,
+    ARCHIVED_FIELD,
+    Snapshot,
+    decode_state,
+    encode_state,
+)
+from sessions.keys import check_conversation_id
+from sessions.state import SessionState
+from sessions.storage import (
+    EXPIRED_REASON,
+    ClaimOutcome,
+    ClaimResult,
+    CreateResult,
+    EndOutcome,
+    ExpireResult,
+    SaveResult,
+    SessionStorage,
+    UpdateOutcome,
+    count_saves,
+)
+
+log = logging.getLogger(__name__)
+
+ENDED = "ended"
+
+
+def _status(fields: Mapping[str, str]) -> str:
+    return str(json.loads(fields["status"]))
+
+
+class MemoryStore:
+    """Thread-safe synchronous core; every operation holds one lock briefly."""
+
+    def __init__(self, max_sessions: int = 1000, session_ttl_s: float = 3600) -> None:
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.max_sessions = max_sessions
+        self.session_ttl_s = session_ttl_s
+        self.evictions = 0
+        self._lock = threading.Lock()
+        self._records: dict[str, dict[str, str]] = {}
+        self._live = ActivityIndex()
+        self._recency = ActivityIndex()
+        self._archive: dict[str, int] = {}
+        self._counts: Counter[str] = Counter()
+
+    # -- internal bookkeeping (lock held) ------------------------------------
+
+    def _transition(self, cid: str, old: str | None, new: str, activity_us: int) -> None:
+        if old != new:
+            if old is not None:
+                self._counts[old] -= 1
+            self._counts[new] += 1
+        if new == ENDED:
+            self._live.remove(cid)
+            if old != ENDED:
+                self._archive[cid] = now_us()
+        else:
+            self._live.set(cid, activity_us)
+        self._recency.set(cid, activity_us)
+
+    def _forget(self, cid: str) -> dict[str, str] | None:
+        record = self._records.pop(cid, None)
+        if record is not None:
+            self._counts[_status(record)] -= 1
+        self._live.remove(cid)
+        self._recency.remove(cid)
+        self._archive.pop(cid, None)
+        return record
+
+    def _make_room_for(self, cid: str) -> None:
+        while cid not in self._records and len(self._records) >= self.max_sessions:
+            victim = self._recency.oldest()
+            if victim is None:
+                return
+            self._forget(victim[0])
+            self.evictions += 1
+            log.warning(
+                "memory storage full (%d): evicted session %s", self.max_sessions, victim[0]
+            )
+
+    def _end_locked(self, cid: str, record: dict[str, str], reason: str, now: int) -> None:
+        old = _status(record)
+        record["status"] = json.dumps(ENDED)
+        record["end_reason"] = json.dumps(reason)
+        record["ended_at"] = json.dumps(from_us(now).isoformat())
+        record["seq"] = str(int(record["seq"]) + 1)
+        self._transition(cid, old, ENDED, int(record[ACTIVITY_FIELD]))
+
+    # -- operations ----------------------------------------------------------
+
+    def create(self, state: SessionState, replace: bool = False) -> CreateResult:
+        """Store a new session unless a live or unarchived one is in the way."""
+        cid = state.conversation_id
+        fields = encode_state(state)
+        with self._lock:
+            epoch = 1
+            current = self._records.get(cid)
+            if current is not None:
+                status, archived = _status(current), ARCHIVED_FIELD in current
+                if not replace and (status != ENDED or not archived):
+                    return CreateResult(False, existing_status=status, archived=archived)
+                epoch = int(current["epoch"]) + 1
+                self._forget(cid)
+            self._make_room_for(cid)
+            fields.update(epoch=str(epoch), seq="0")
+            self._records[cid] = fields
+            self._transition(cid, None, state.status.value, int(fields[ACTIVITY_FIELD]))
+        return CreateResult(True, epoch=epoch)
+
+    def save(self, snap: Snapshot) -> bool:
+        """Compare-and-set by `(epoch, seq)`; ENDED is never undone."""
+        cid = snap.conversation_id
+        with self._lock:
+            current = self._records.get(cid)
+            activity = snap.last_activity_us
+            old: str | None = None
+            if current is not None:
+                if ARCHIVED_FIELD in current:
+                    return False
+                if (int(current["epoch"]), int(current["seq"])) >= (snap.epoch, snap.seq):
+                    return False
+                old = _status(current)
+                if old == ENDED and snap.status.value != ENDED:
+                    return False
+                activity = max(activity, int(current[ACTIVITY_FIELD]))
+            else:
+                self._make_room_for(cid)
+            record = dict(current or {})
+            record.update(snap.fields)
+            record.update(
+                epoch=str(snap.epoch),
+                seq=str(snap.seq),
+                status=json.dumps(snap.status.value),
+                last_activity=str(activity),
+            )
+            self._records[cid] = record
+            self._transition(cid, old, snap.status.value, activity)
+        return True
+
+    def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
+        """Apply a batch of snapshots."""
+        return count_saves([self.save(s) for s in snapshots])
+
+    def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
+        """Read a copy; with `touch`, move activity to now unless expired or ended."""
+        with self._lock:
+            record = self._records.get(conversation_id)
+            if record is None:
+                return None
+            if touch and _status(record) != ENDED:
+                now, activity = now_us(), int(record[ACTIVITY_FIELD])
+                if activity < now <= activity + int(self.session_ttl_s * 1_000_000):
+                    record[ACTIVITY_FIELD] = str(now)
+                    self._live.set(conversation_id, now)
+                    self._recency.set(conversation_id, now)
+            fields = dict(record)
+        return decode_state(conversation_id, fields)
+
+    def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
+        """Atomic resume claim: epoch + 1, seq 0, resumed_count + 1, ACTIVE."""
+        with self._lock:
+            record = self._records.get(conversation_id)
+            if record is None:
+                return ClaimResult(ClaimOutcome.MISSING)
+            old = _status(record)
+            if old in (ENDED, "error"):
+                return ClaimResult(ClaimOutcome(old))
+            now, activity = now_us(), int(record[ACTIVITY_FIELD])
+            if now - activity > max_age_s * 1_000_000:
+                return ClaimResult(ClaimOutcome.EXPIRED)
+            activity = max(now, activity)
+            record.update(
+                epoch=str(int(record["epoch"]) + 1),
+                seq="0",
+                resumed_count=str(int(record["resumed_count"]) + 1),
+                status=json.dumps("active"),
+                last_activity=str(activity),
+            )
+            self._transition(conversation_id, old, "active", activity)
+            fields = dict(record)
+        return ClaimResult(ClaimOutcome.OK, decode_state(conversation_id, fields))
+
+    def end(self, conversation_id: str, reason: str) -> EndOutcome:
+        """Atomically end a session and queue it for archiving."""
+        with self._lock:
+            record = self._records.get(conversation_id)
+            if record is None:
+                return EndOutcome.MISSING
+            if _status(record) == ENDED:
+                return EndOutcome.ALREADY
+            self._end_locked(conversation_id, record, reason, now_us())
+        return EndOutcome.ENDED
+
+    def update_fields(
+        self, conversation_id: str, fields: Mapping[str, str], status: str | None = None
+    ) -> UpdateOutcome:
+        """Set encoded fields (and status), advancing `seq`; refused once ENDED."""
+        with self._lock:
+            record = self._records.get(conversation_id)
+            if record is None:
+                return UpdateOutcome.MISSING
+            old = _status(record)
+            if old == ENDED:
+                return UpdateOutcome.ENDED
+            record.update(fields)
+            activity = max(now_us(), int(record[ACTIVITY_FIELD]))
+            new = status or old
+            record.update(
+                status=json.dumps(new), last_activity=str(activity), seq=str(int(record["seq"]) + 1)
+            )
+            self._transition(conversation_id, old, new, activity)
+        return UpdateOutcome.OK
+
+    def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
+        """End up to `limit` live sessions idle past `max_age_s`."""
+        now = now_us()
+        with self._lock:
+            ids = self._live.pop_older_than(now - int(max_age_s * 1_000_000), limit)
+            for cid in ids:
+                self._end_locked(cid, self._records[cid], EXPIRED_REASON, now)
+        return ExpireResult(ended=ids)
+
+    def delete(self, conversation_id: str) -> bool:
+        """Remove a session; True if it existed."""
+        with self._lock:
+            return self._forget(conversation_id) is not None
+
+    def mark_archived(self, conversation_id: str) -> bool:
+        """Flag an ended session as archived."""
+        with self._lock:
+            record = self._records.get(conversation_id)
+            if record is None or _status(record) != ENDED:
+                return False
+            record[ARCHIVED_FIELD] = "1"
+            self._archive.pop(conversation_id, None)
+        return True
+
+    def list_live(self) -> list[str]:
+        """Live ids, least recently active first."""
+        with self._lock:
+            return list(self._live)
+
+    def archive_pending(self, limit: int) -> list[str]:
+        """Ended ids waiting for their archive, oldest end first."""
+        with self._lock:
+            return list(self._archive)[:limit]
+
+    def status_counts(self) -> dict[str, int]:
+        """Sessions per status."""
+        with self._lock:
+            return {k: v for k, v in self._counts.items() if v}
+
+    def sizes(self) -> dict[str, int]:
+        """Stored, live and archive-pending counts, and evictions so far."""
+        with self._lock:
+            return {
+                "stored": len(self._records),
+                "live": len(self._live),
+                "archive_backlog": len(self._archive),
+                "evictions": self.evictions,
+            }
+
+
+class MemorySessionStorage(SessionStorage):
+    """Async face of `MemoryStore`, with a background sweep started by `start()`."""
+
+    def __init__(
+        self, max_sessions: int = 1000, cleanup_interval: float = 300, session_ttl_s: float = 3600
+    ) -> None:
+        self.store = MemoryStore(max_sessions=max_sessions, session_ttl_s=session_ttl_s)
+        self.cleanup_interval = cleanup_interval
+        self.session_ttl_s = session_ttl_s
+        self._cleanup_task: asyncio.Task[None] | None = None
+
+    async def create(self, state: SessionState, replace: bool = False) -> CreateResult:
+        return self.store.create(state, replace)
+
+    async def save(self, snapshot: Snapshot) -> bool:
+        return self.store.save(snapshot)
+
+    async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
+        return self.store.load(check_conversation_id(conversation_id), touch)
+
+    async def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
+        return self.store.claim(check_conversation_id(conversation_id), max_age_s)
+
+    async def end(self, conversation_id: str, reason: str) -> EndOutcome:
+        return self.store.end(check_conversation_id(conversation_id), reason)
+
+    async def update_fields(
+        self, conversation_id: str, fields: Mapping[str, str], status: str | None = None
+    ) -> UpdateOutcome:
+        return self.store.update_fields(check_conversation_id(conversation_id), fields, status)
+
+    async def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
+        return self.store.expire_batch(max_age_s, limit)
+
+    async def delete_session(self, conversation_id: str) -> bool:
+        return self.store.delete(check_conversation_id(conversation_id))
+
+    async def mark_archived(self, conversation_id: str) -> bool:
+        """Flag an ended session as archived."""
+        return self.store.mark_archived(conversation_id)
+
+    async def list_active_sessions(self) -> list[str]:
+        return self.store.list_live()
+
+    async def live_count(self) -> int:
+        return self.store.sizes()["live"]
+
+    async def status_counts(self) -> dict[str, int]:
+        return self.store.status_counts()
+
+    async def get_stats(self) -> dict[str, Any]:
+        sizes = self.store.sizes()
+        return {
+            "backend": "memory",
+            "max_sessions": self.store.max_sessions,
+            "cleanup_interval_s": self.cleanup_interval,
+            "live_sessions": sizes["live"],
+            "stored_sessions": sizes["stored"],
+            "archive_backlog": sizes["archive_backlog"],
+            "evictions": sizes["evictions"],
+            "status_counts": self.store.status_counts(),
+        }
+
+    async def start(self) -> None:
+        if self._cleanup_task is None or self._cleanup_task.done():
+            self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="memory-sweep")
+
+    async def close(self) -> None:
+        task, self._cleanup_task = self._cleanup_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cleanup_interval)
+            try:
+                ended = await self.cleanup_expired_sessions(self.session_ttl_s)
+            except Exception:
+                log.exception("memory storage sweep failed")
+                continue
+            if ended:
+                log.info("memory storage sweep ended %d idle sessions", ended)

@@ -1,0 +1,246 @@
+"""The Redis side of each storage operation, without I/O: script, keys, arguments, reply parsing.
+
+`RedisSessionStorage` (async) and `SyncRedisStore` (sync) are thin shells that
+send these calls; the rules live in the scripts, the layout in `KeySpace`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sessions.clock import from_us, now_us
+from sessions.codec import ACTIVITY_FIELD, ARCHIVED_FIELD, Snapshot, decode_state
+from sessions.keys import KeySpace, check_conversation_id
+from sessions.state import SessionState
+from sessions.storage import (
+    EXPIRED_REASON,
+    ClaimOutcome,
+    ClaimResult,
+    CreateResult,
+    EndOutcome,
+    ExpireResult,
+    UpdateOutcome,
+)
+
+Arg = str | int
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One script invocation."""
+
+    script: str
+    keys: list[str]
+    args: list[Arg]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long Redis keeps a session's key after its last write, by stage."""
+
+    session_ttl_s: float = 3600
+    margin_s: float = 900
+    ended_s: float = 7 * 86_400
+    archived_s: float = 3600
+
+    @property
+    def live_ms(self) -> int:
+        """A safety net past the session TTL plus a sweep interval; the sweep acts first."""
+        return int((self.session_ttl_s + self.margin_s) * 1000)
+
+    @property
+    def ended_ms(self) -> int:
+        """Ended sessions wait this long for their archive."""
+        return int(self.ended_s * 1000)
+
+    @property
+    def archived_ms(self) -> int:
+        """Archived sessions stay this long so a late resume is told 'ended', not 'missing'."""
+        return int(self.archived_s * 1000)
+
+
+def _flatten(fields: Mapping[str, str]) -> list[Arg]:
+    out: list[Arg] = []
+    for name, value in fields.items():
+        out.append(name)
+        out.append(value)
+    return out
+
+
+def pairs_to_dict(flat: list[str]) -> dict[str, str]:
+    """A HGETALL-style flat list as a dict."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+class RedisOps:
+    """Builds each operation's script call and parses its reply."""
+
+    def __init__(self, keys: KeySpace, retention: Retention) -> None:
+        self.keys = keys
+        self.retention = retention
+
+    def save(self, snap: Snapshot, now: int | None = None) -> ScriptCall:
+        """Compare-and-set save of one snapshot."""
+        args: list[Arg] = [
+            snap.conversation_id,
+            snap.epoch,
+            snap.seq,
+            snap.status.value,
+            snap.last_activity_us,
+            now or now_us(),
+            self.retention.live_ms,
+            self.retention.ended_ms,
+        ]
+        fields = {k: v for k, v in snap.fields.items() if k != ACTIVITY_FIELD}
+        return ScriptCall(
+            "save", self.keys.script_keys(snap.conversation_id), args + _flatten(fields)
+        )
+
+    def touch_load(self, conversation_id: str) -> ScriptCall:
+        """Read a session, moving its activity to now unless it is already expired."""
+        idle_us = int(self.retention.session_ttl_s * 1_000_000)
+        args: list[Arg] = [conversation_id, now_us(), idle_us, self.retention.live_ms]
+        return ScriptCall("touch_load", self.keys.script_keys(conversation_id), args)
+
+    def claim(self, conversation_id: str, max_age_s: float) -> ScriptCall:
+        """Atomic resume claim."""
+        args: list[Arg] = [
+            conversation_id,
+            now_us(),
+            int(max_age_s * 1_000_000),
+            self.retention.live_ms,
+        ]
+        return ScriptCall("claim", self.keys.script_keys(conversation_id), args)
+
+    def end(self, conversation_id: str, reason: str) -> ScriptCall:
+        """Atomic end."""
+        now = now_us()
+        args: list[Arg] = [
+            conversation_id,
+            now,
+            json.dumps(reason),
+            json.dumps(from_us(now).isoformat()),
+            self.retention.ended_ms,
+        ]
+        return ScriptCall("end", self.keys.script_keys(conversation_id), args)
+
+    def update(
+        self, conversation_id: str, fields: Mapping[str, str], status: str | None
+    ) -> ScriptCall:
+        """Atomic field update."""
+        args: list[Arg] = [conversation_id, now_us(), self.retention.live_ms, status or ""]
+        return ScriptCall("update", self.keys.script_keys(conversation_id), args + _flatten(fields))
+
+    def create(self, state: SessionState, fields: Mapping[str, str], replace: bool) -> ScriptCall:
+        """Create, fencing any replaced session with a higher epoch."""
+        args: list[Arg] = [
+            state.conversation_id,
+            "1" if replace else "0",
+            now_us(),
+            self.retention.live_ms,
+            state.status.value,
+            fields[ACTIVITY_FIELD],
+        ]
+        return ScriptCall(
+            "create", self.keys.script_keys(state.conversation_id), args + _flatten(fields)
+        )
+
+    def delete(self, conversation_id: str) -> ScriptCall:
+        """Delete a session and its index entries."""
+        return ScriptCall("delete", self.keys.script_keys(conversation_id), [conversation_id])
+
+    def expire_batch(self, max_age_s: float, limit: int) -> ScriptCall:
+        """End up to `limit` sessions idle past `max_age_s`."""
+        now = now_us()
+        args: list[Arg] = [
+            self.keys.prefix,
+            now - int(max_age_s * 1_000_000),
+            now,
+            limit,
+            json.dumps(EXPIRED_REASON),
+            json.dumps(from_us(now).isoformat()),
+            self.retention.ended_ms,
+        ]
+        keys = [self.keys.live_index, self.keys.archive_index, self.keys.status_counts]
+        return ScriptCall("expire_batch", keys, args)
+
+    def mark_archived(self, conversation_id: str) -> ScriptCall:
+        """Flag an ended session as archived; its key then expires after a short retention."""
+        keys = [self.keys.session(conversation_id), self.keys.archive_index]
+        return ScriptCall("mark_archived", keys, [conversation_id, self.retention.archived_ms])
+
+    # -- replies ---------------------------------------------------------------
+
+    @staticmethod
+    def parse_state(conversation_id: str, fields: Mapping[str, str] | None) -> SessionState | None:
+        """A decoded state, or None for an empty reply."""
+        if not fields:
+            return None
+        return decode_state(conversation_id, fields)
+
+    @staticmethod
+    def parse_claim(conversation_id: str, reply: list[Any]) -> ClaimResult:
+        """ClaimResult from the claim script's reply."""
+        outcome = ClaimOutcome(reply[0])
+        if outcome is not ClaimOutcome.OK:
+            return ClaimResult(outcome)
+        return ClaimResult(outcome, decode_state(conversation_id, pairs_to_dict(reply[1])))
+
+    @staticmethod
+    def parse_create(reply: list[str]) -> CreateResult:
+        """CreateResult from the create script's reply."""
+        if reply[0] == "created":
+            return CreateResult(created=True, epoch=int(reply[1]))
+        return CreateResult(created=False, existing_status=reply[1], archived=reply[2] == "1")
+
+    @staticmethod
+    def parse_expire(reply: list[Any]) -> ExpireResult:
+        """ExpireResult from the expiry script's reply."""
+        return ExpireResult(ended=list(reply[0]), vanished=int(reply[1]))
+
+    @staticmethod
+    def parse_counts(raw: Mapping[str, str]) -> dict[str, int]:
+        """Status counters, leaving out zeros."""
+        return {k: int(v) for k, v in raw.items() if int(v) != 0}
+
+    @staticmethod
+    def is_archived(fields: Mapping[str, str]) -> bool:
+        """Whether a stored field map carries the archived flag."""
+        return ARCHIVED_FIELD in fields
+
+
+def check_ids(ids: Iterable[str]) -> list[str]:
+    """Validate a batch of conversation ids."""
+    return [check_conversation_id(cid) for cid in ids]
+
+
+END_OUTCOMES = {o.value: o for o in EndOutcome}
+UPDATE_OUTCOMES = {o.value: o for o in UpdateOutcome}
+
+
+def translate_error(exc: Exception, url: str, conversation_id: str | None) -> Exception:
+    """The package error for a redis-py exception (the URL is shown redacted)."""
+    from redis import exceptions as rex
+
+    from sessions.errors import CorruptSession, StorageUnavailable
+
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
+        return StorageUnavailable(f"redis at {redact_url(url)} is unavailable: {exc}")
+    if isinstance(exc, rex.ResponseError) and "WRONGTYPE" in str(exc) and conversation_id:
+        return CorruptSession(conversation_id, "the key holds a value that is not a session hash")
+    return exc

@@ -1,0 +1,180 @@
+"""The storage interface: the specification's async methods over a small set of atomic operations.
+
+Every backend provides the atomic operations (create, compare-and-set save,
+load, claim, end, update, expire); the specification's methods are written
+once here in terms of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sessions.codec import Snapshot
+from sessions.errors import InvalidSessionData
+from sessions.state import SessionState
+
+EXPIRE_BATCH_SIZE = 500
+EXPIRED_REASON = "expired"
+
+
+class ClaimOutcome(StrEnum):
+    """What a resume claim found."""
+
+    OK = "ok"
+    MISSING = "missing"
+    ENDED = "ended"
+    ERROR = "error"
+    EXPIRED = "expired"
+
+
+class EndOutcome(StrEnum):
+    """What ending a session did."""
+
+    ENDED = "ended"
+    ALREADY = "already"
+    MISSING = "missing"
+
+
+class UpdateOutcome(StrEnum):
+    """What a field update did."""
+
+    OK = "ok"
+    MISSING = "missing"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """A claim's outcome and, when it succeeded, the claimed state (new epoch)."""
+
+    outcome: ClaimOutcome
+    state: SessionState | None = None
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """Whether a session was created; `existing_status` when one was in the way."""
+
+    created: bool
+    epoch: int = 1
+    existing_status: str | None = None
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class ExpireResult:
+    """One bounded expiry batch: ids ended as expired, index entries with no session."""
+
+    ended: list[str] = field(default_factory=list)
+    vanished: int = 0
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """How many snapshots of a batch were applied and how many were stale."""
+
+    applied: int
+    stale: int
+
+
+class SessionStorage(ABC):
+    """Async session storage used by the service and the bridges."""
+
+    # -- atomic operations every backend provides ------------------------------
+
+    @abstractmethod
+    async def create(self, state: SessionState, replace: bool = False) -> CreateResult:
+        """Store a new session; refuse if a live (or unarchived) one exists unless `replace`."""
+
+    @abstractmethod
+    async def save(self, snapshot: Snapshot) -> bool:
+        """Compare-and-set: apply if `(epoch, seq)` is newer and ENDED is not undone."""
+
+    @abstractmethod
+    async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
+        """Read a session; with `touch`, move its last activity to now (unless expired)."""
+
+    @abstractmethod
+    async def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
+        """Atomically take over a resumable session: epoch + 1, resumed_count + 1, ACTIVE."""
+
+    @abstractmethod
+    async def end(self, conversation_id: str, reason: str) -> EndOutcome:
+        """Atomically mark ENDED with a reason and end time; queue it for archiving."""
+
+    @abstractmethod
+    async def update_fields(
+        self, conversation_id: str, fields: Mapping[str, str], status: str | None = None
+    ) -> UpdateOutcome:
+        """Atomically set encoded fields (and status), advancing `seq`; refused once ENDED."""
+
+    @abstractmethod
+    async def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
+        """End up to `limit` live sessions idle for more than `max_age_s`."""
+
+    @abstractmethod
+    async def delete_session(self, conversation_id: str) -> bool:
+        """Remove a session and its index entries; True if it existed."""
+
+    @abstractmethod
+    async def list_active_sessions(self) -> list[str]:
+        """Ids of live (not ended) sessions, least recently active first."""
+
+    @abstractmethod
+    async def live_count(self) -> int:
+        """Number of live (not ended) sessions."""
+
+    @abstractmethod
+    async def status_counts(self) -> dict[str, int]:
+        """Number of stored sessions in each status."""
+
+    @abstractmethod
+    async def get_stats(self) -> dict[str, Any]:
+        """Backend description and counts; never contains credentials."""
+
+    async def start(self) -> None:
+        """Start background work (if the backend has any)."""
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+
+    # -- the specification's methods, written once --------------------------
+
+    async def store_session(self, conversation_id: str, session_data: Mapping[str, Any]) -> bool:
+        """Save a `to_dict()`-shaped session; False when an equal or newer one is stored."""
+        snapshot = Snapshot.from_dict(session_data)
+        if snapshot.conversation_id != conversation_id:
+            raise InvalidSessionData(
+                f"conversation_id: {snapshot.conversation_id!r} does not match {conversation_id!r}"
+            )
+        return await self.save(snapshot)
+
+    async def retrieve_session(
+        self, conversation_id: str, update_activity: bool = True
+    ) -> dict[str, Any] | None:
+        """The stored session as a `to_dict()`-shaped dict, or None."""
+        state = await self.load(conversation_id, touch=update_activity)
+        return None if state is None else state.to_dict()
+
+    async def update_session_activity(self, conversation_id: str) -> bool:
+        """Move last activity to now; False if there is no such live session."""
+        return await self.load(conversation_id, touch=True) is not None
+
+    async def cleanup_expired_sessions(self, max_age_seconds: float = 3600) -> int:
+        """End every live session idle past `max_age_seconds` (in bounded batches)."""
+        total = 0
+        while True:
+            result = await self.expire_batch(max_age_seconds, EXPIRE_BATCH_SIZE)
+            total += len(result.ended)
+            if len(result.ended) + result.vanished < EXPIRE_BATCH_SIZE:
+                return total
+
+
+def count_saves(outcomes: Sequence[bool]) -> SaveResult:
+    """Tally compare-and-set outcomes."""
+    applied = sum(1 for ok in outcomes if ok)
+    return SaveResult(applied=applied, stale=len(outcomes) - applied)
