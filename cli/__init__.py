@@ -1,0 +1,1 @@
+"""The `opus-sessions` command line."""
