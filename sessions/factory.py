@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sessions.archive import ArchiveSink, FileSystemSink, PostgresSink
 from sessions.memory import MemorySessionStorage, MemoryStore
 from sessions.redis_async import RedisSessionStorage
 from sessions.redis_ops import Retention
@@ -61,3 +62,10 @@ def build_sync_store(
         max_connections=settings.redis_max_connections,
         **settings.redis_kwargs(),
     )
+
+
+def build_sink(settings: Settings) -> ArchiveSink:
+    """PostgreSQL when ARCHIVE_URL is set, else the filesystem under ARCHIVE_DIR."""
+    if settings.archive_url:
+        return PostgresSink(settings.archive_url, settings.archive_table)
+    return FileSystemSink(settings.archive_dir)

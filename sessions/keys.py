@@ -61,15 +61,21 @@ class KeySpace:
         return self.prefix + "_lock:sweep"
 
     @property
-    def counters(self) -> str:
-        """Hash: monotonic event counters (archive failures, resumes, ...)."""
+    def events(self) -> str:
+        """Hash: monotonic event counters (resumes, archived, archive failures, ...)."""
         return self.prefix + "_events"
 
+    @property
+    def durations(self) -> str:
+        """List: durations (s) of the most recently archived calls, newest first."""
+        return self.prefix + "_durations"
+
     def script_keys(self, conversation_id: str) -> list[str]:
-        """The KEYS list every per-session script takes, in its fixed order."""
+        """The KEYS list of the per-session scripts: session, live, archive, counts, events."""
         return [
             self.session(conversation_id),
             self.live_index,
             self.archive_index,
             self.status_counts,
+            self.events,
         ]

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,9 +23,11 @@ from sessions.codec import (
     encode_state,
 )
 from sessions.keys import check_conversation_id
+from sessions.redis_ops import DURATIONS_KEPT
 from sessions.state import SessionState
 from sessions.storage import (
     EXPIRED_REASON,
+    ArchiveMark,
     ClaimOutcome,
     ClaimResult,
     CreateResult,
@@ -31,6 +35,7 @@ from sessions.storage import (
     ExpireResult,
     SaveResult,
     SessionStorage,
+    StoredSession,
     UpdateOutcome,
     count_saves,
 )
@@ -59,6 +64,10 @@ class MemoryStore:
         self._recency = ActivityIndex()
         self._archive: dict[str, int] = {}
         self._counts: Counter[str] = Counter()
+        self._events: Counter[str] = Counter()
+        self._durations: deque[float] = deque(maxlen=DURATIONS_KEPT)
+        self._statistics: dict[str, Any] | None = None
+        self._sweep_lock: tuple[str, float] | None = None
 
     # -- internal bookkeeping (lock held) ------------------------------------
 
@@ -156,7 +165,10 @@ class MemoryStore:
 
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
         """Apply a batch of snapshots."""
-        return count_saves([self.save(s) for s in snapshots])
+        result = count_saves([self.save(s) for s in snapshots])
+        self.add_event("snapshots_applied", result.applied)
+        self.add_event("snapshots_stale", result.stale)
+        return result
 
     def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
         """Read a copy; with `touch`, move activity to now unless expired or ended."""
@@ -194,6 +206,7 @@ class MemoryStore:
                 last_activity=str(activity),
             )
             self._transition(conversation_id, old, "active", activity)
+            self._events["resumes"] += 1
             fields = dict(record)
         return ClaimResult(ClaimOutcome.OK, decode_state(conversation_id, fields))
 
@@ -242,15 +255,88 @@ class MemoryStore:
         with self._lock:
             return self._forget(conversation_id) is not None
 
-    def mark_archived(self, conversation_id: str) -> bool:
-        """Flag an ended session as archived."""
+    def load_record(self, conversation_id: str) -> StoredSession | None:
+        """A stored session and its archived flag."""
+        with self._lock:
+            record = self._records.get(conversation_id)
+            fields = None if record is None else dict(record)
+        if fields is None:
+            return None
+        return StoredSession(decode_state(conversation_id, fields), ARCHIVED_FIELD in fields)
+
+    def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
+        """Flag an ended session as archived, count it and keep its duration (idempotent)."""
         with self._lock:
             record = self._records.get(conversation_id)
             if record is None or _status(record) != ENDED:
-                return False
-            record[ARCHIVED_FIELD] = "1"
+                return ArchiveMark.NOT_ENDED
             self._archive.pop(conversation_id, None)
-        return True
+            if ARCHIVED_FIELD in record:
+                return ArchiveMark.ALREADY
+            record[ARCHIVED_FIELD] = "1"
+            self._events["archived"] += 1
+            self._durations.appendleft(duration_s)
+        return ArchiveMark.MARKED
+
+    def archive_overdue(self, older_than_s: float, limit: int) -> list[str]:
+        """Ended sessions still unarchived `older_than_s` after they ended."""
+        cutoff = now_us() - int(older_than_s * 1_000_000)
+        with self._lock:
+            due = [cid for cid, ended_us in self._archive.items() if ended_us <= cutoff]
+        return due[:limit]
+
+    def add_event(self, name: str, amount: int = 1) -> None:
+        """Add to an event counter."""
+        if amount:
+            with self._lock:
+                self._events[name] += amount
+
+    def mark_time(self, name: str) -> None:
+        """Record now (µs) under an event name."""
+        with self._lock:
+            self._events[name] = now_us()
+
+    def events(self) -> dict[str, int]:
+        """All event counters."""
+        with self._lock:
+            return dict(self._events)
+
+    def live_count(self) -> int:
+        """Live sessions."""
+        return len(self._live)
+
+    def archive_backlog(self) -> int:
+        """Ended sessions waiting for their archive."""
+        return len(self._archive)
+
+    def recent_durations(self) -> list[float]:
+        """Durations (s) of the most recently archived calls."""
+        with self._lock:
+            return list(self._durations)
+
+    def write_statistics(self, document: Mapping[str, Any]) -> None:
+        """Keep the statistics document (a JSON round trip, so it is a copy)."""
+        self._statistics = json.loads(json.dumps(document))
+
+    def read_statistics(self) -> dict[str, Any] | None:
+        """The last statistics document, if any."""
+        return None if self._statistics is None else json.loads(json.dumps(self._statistics))
+
+    def acquire_sweep_lock(self, ttl_s: float) -> str | None:
+        """A token if the caller now holds the sweep lock."""
+        with self._lock:
+            now = time.monotonic()
+            if self._sweep_lock is not None and self._sweep_lock[1] > now:
+                return None
+            token = secrets.token_hex(8)
+            self._sweep_lock = (token, now + ttl_s)
+            return token
+
+    def release_sweep_lock(self, token: str) -> None:
+        """Release the sweep lock if `token` holds it."""
+        with self._lock:
+            if self._sweep_lock is not None and self._sweep_lock[0] == token:
+                self._sweep_lock = None
 
     def list_live(self) -> list[str]:
         """Live ids, least recently active first."""
@@ -315,15 +401,17 @@ class MemorySessionStorage(SessionStorage):
     async def delete_session(self, conversation_id: str) -> bool:
         return self.store.delete(check_conversation_id(conversation_id))
 
-    async def mark_archived(self, conversation_id: str) -> bool:
-        """Flag an ended session as archived."""
-        return self.store.mark_archived(conversation_id)
+    async def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
+        return self.store.mark_archived(check_conversation_id(conversation_id), duration_s)
+
+    async def read_statistics(self) -> dict[str, Any] | None:
+        return self.store.read_statistics()
 
     async def list_active_sessions(self) -> list[str]:
         return self.store.list_live()
 
     async def live_count(self) -> int:
-        return self.store.sizes()["live"]
+        return self.store.live_count()
 
     async def status_counts(self) -> dict[str, int]:
         return self.store.status_counts()

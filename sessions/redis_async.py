@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,8 @@ from sessions.redis_ops import (
 from sessions.redis_scripts import ALL as SCRIPTS
 from sessions.state import SessionState
 from sessions.storage import (
+    ARCHIVE_MARKS,
+    ArchiveMark,
     ClaimResult,
     CreateResult,
     EndOutcome,
@@ -111,9 +114,13 @@ class RedisSessionStorage(SessionStorage):
     async def delete_session(self, conversation_id: str) -> bool:
         return bool(await self._run(self.ops.delete(conversation_id), conversation_id))
 
-    async def mark_archived(self, conversation_id: str) -> bool:
-        """Flag an ended session as archived (its hot state may then go)."""
-        return bool(await self._run(self.ops.mark_archived(conversation_id), conversation_id))
+    async def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
+        call = self.ops.mark_archived(conversation_id, duration_s)
+        return ARCHIVE_MARKS[int(await self._run(call, conversation_id))]
+
+    async def read_statistics(self) -> dict[str, Any] | None:
+        raw = await self._command("GET", self.ops.keys.statistics)
+        return None if raw is None else dict(json.loads(raw))
 
     # -- reads over the indexes ------------------------------------------------
 

@@ -27,6 +27,7 @@ from sessions.storage import (
 )
 
 Arg = str | int
+DURATIONS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -179,10 +180,22 @@ class RedisOps:
         keys = [self.keys.live_index, self.keys.archive_index, self.keys.status_counts]
         return ScriptCall("expire_batch", keys, args)
 
-    def mark_archived(self, conversation_id: str) -> ScriptCall:
-        """Flag an ended session as archived; its key then expires after a short retention."""
-        keys = [self.keys.session(conversation_id), self.keys.archive_index]
-        return ScriptCall("mark_archived", keys, [conversation_id, self.retention.archived_ms])
+    def mark_archived(self, conversation_id: str, duration_s: float) -> ScriptCall:
+        """Flag an ended session archived, count it, keep its duration; then its key may go."""
+        k = self.keys
+        keys = [k.session(conversation_id), k.archive_index, k.events, k.durations]
+        args: list[Arg] = [
+            conversation_id,
+            self.retention.archived_ms,
+            repr(float(duration_s)),
+            DURATIONS_KEPT,
+        ]
+        return ScriptCall("mark_archived", keys, args)
+
+    @staticmethod
+    def now_us() -> int:
+        """The clock the operations use."""
+        return now_us()
 
     # -- replies ---------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Server-side scripts: every write to a session and its indexes happens inside one of these.
 
 Per-session scripts take KEYS = [session hash, live index, archive index,
-status counts] (see `KeySpace.script_keys`). Statuses are stored as JSON text
+status counts, event counters] (see `KeySpace.script_keys`). Statuses are stored as JSON text
 ('"active"'); `last_activity` as integer microseconds. Numbers that must keep
 full precision (microsecond times) are passed through as strings, never
 re-formatted by Lua.
@@ -92,6 +92,7 @@ if tonumber(ARGV[2]) - tonumber(activity) > tonumber(ARGV[3]) then return {'expi
 activity = later(ARGV[2], activity)
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HINCRBY', KEYS[1], 'resumed_count', 1)
+redis.call('HINCRBY', KEYS[5], 'resumes', 1)
 redis.call('HSET', KEYS[1], 'seq', '0', 'status', '"active"', 'last_activity', activity)
 transition(KEYS[2], KEYS[3], KEYS[4], ARGV[1], old, 'active', activity, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -198,14 +199,25 @@ return {ended, vanished}
 """
 )
 
-# KEYS: session, archive index; ARGV: cid, retention_ms
+# KEYS: session, archive index, event counters, durations list
+# ARGV: cid, retention_ms, duration_s, durations_kept
 MARK_ARCHIVED = r"""
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= '"ended"' then return 0 end
-redis.call('HSET', KEYS[1], '_archived', '1')
+local cur = redis.call('HMGET', KEYS[1], 'status', '_archived')
+if cur[1] ~= '"ended"' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
+if cur[2] then return 2 end
+redis.call('HSET', KEYS[1], '_archived', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'archived', 1)
+redis.call('LPUSH', KEYS[4], ARGV[3])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
 return 1
+"""
+
+# KEYS: lock; ARGV: token. Deletes the lock only if this token holds it.
+RELEASE_LOCK = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 ALL: dict[str, str] = {
@@ -218,4 +230,5 @@ ALL: dict[str, str] = {
     "delete": DELETE,
     "expire_batch": EXPIRE_BATCH,
     "mark_archived": MARK_ARCHIVED,
+    "release_lock": RELEASE_LOCK,
 }

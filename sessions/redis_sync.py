@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import secrets
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis import BlockingConnectionPool, Redis
@@ -10,16 +12,17 @@ from redis.exceptions import RedisError
 
 from sessions.codec import Snapshot
 from sessions.keys import KeySpace
-from sessions.redis_ops import (
-    END_OUTCOMES,
-    RedisOps,
-    Retention,
-    ScriptCall,
-    translate_error,
-)
+from sessions.redis_ops import END_OUTCOMES, RedisOps, Retention, ScriptCall, translate_error
 from sessions.redis_scripts import ALL as SCRIPTS
-from sessions.state import SessionState
-from sessions.storage import EndOutcome, ExpireResult, SaveResult, count_saves
+from sessions.storage import (
+    ARCHIVE_MARKS,
+    ArchiveMark,
+    EndOutcome,
+    ExpireResult,
+    SaveResult,
+    StoredSession,
+    count_saves,
+)
 
 
 class SyncRedisStore:
@@ -54,27 +57,41 @@ class SyncRedisStore:
         except RedisError as exc:
             raise translate_error(exc, self.redis_url, conversation_id) from exc
 
+    def _do(self, command: str, *args: Any) -> Any:
+        try:
+            return self.client.execute_command(command, *args)  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            raise translate_error(exc, self.redis_url, None) from exc
+
+    def save(self, snapshot: Snapshot) -> bool:
+        """Compare-and-set save of one snapshot."""
+        return bool(self._run(self.ops.save(snapshot), snapshot.conversation_id))
+
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
         """Apply a batch with the compare-and-set script in one pipeline."""
         if not snapshots:
             return SaveResult(applied=0, stale=0)
+        script = self._scripts["save"]
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for snap in snapshots:
                     call = self.ops.save(snap)
-                    self._scripts["save"](keys=call.keys, args=call.args, client=pipe)
+                    script(keys=call.keys, args=call.args, client=pipe)
                 replies = pipe.execute()
         except RedisError as exc:
             raise translate_error(exc, self.redis_url, None) from exc
-        return count_saves([bool(r) for r in replies])
+        result = count_saves([bool(r) for r in replies])
+        self.add_event("snapshots_applied", result.applied)
+        self.add_event("snapshots_stale", result.stale)
+        return result
 
-    def load(self, conversation_id: str) -> SessionState | None:
-        """Read a session without touching its activity."""
-        try:
-            fields = self.client.hgetall(self.ops.keys.session(conversation_id))
-        except RedisError as exc:
-            raise translate_error(exc, self.redis_url, conversation_id) from exc
-        return self.ops.parse_state(conversation_id, fields)  # type: ignore[arg-type]
+    def load_record(self, conversation_id: str) -> StoredSession | None:
+        """A stored session and its archived flag, without touching activity."""
+        fields = self._do("HGETALL", self.ops.keys.session(conversation_id))
+        state = self.ops.parse_state(conversation_id, fields)
+        if state is None:
+            return None
+        return StoredSession(state=state, archived=self.ops.is_archived(fields))
 
     def end(self, conversation_id: str, reason: str) -> EndOutcome:
         """Atomically end a session."""
@@ -84,13 +101,68 @@ class SyncRedisStore:
         """End up to `limit` sessions idle past `max_age_s`."""
         return self.ops.parse_expire(self._run(self.ops.expire_batch(max_age_s, limit)))
 
-    def mark_archived(self, conversation_id: str) -> bool:
-        """Flag an ended session as archived."""
-        return bool(self._run(self.ops.mark_archived(conversation_id), conversation_id))
+    def archive_overdue(self, older_than_s: float, limit: int) -> list[str]:
+        """Ended sessions still unarchived `older_than_s` after they ended, oldest first."""
+        cutoff_us = self.ops.now_us() - int(older_than_s * 1_000_000)
+        index = self.ops.keys.archive_index
+        return list(self._do("ZRANGEBYSCORE", index, "-inf", cutoff_us, "LIMIT", 0, limit))
 
-    def delete(self, conversation_id: str) -> bool:
-        """Delete a session and its index entries."""
-        return bool(self._run(self.ops.delete(conversation_id), conversation_id))
+    def mark_archived(self, conversation_id: str, duration_s: float) -> ArchiveMark:
+        """Flag an ended session as archived (idempotent)."""
+        call = self.ops.mark_archived(conversation_id, duration_s)
+        return ARCHIVE_MARKS[int(self._run(call, conversation_id))]
+
+    def add_event(self, name: str, amount: int = 1) -> None:
+        """Add to a monotonic event counter."""
+        if amount:
+            self._do("HINCRBY", self.ops.keys.events, name, amount)
+
+    def mark_time(self, name: str) -> None:
+        """Record now (µs) under an event name, e.g. `last_sweep_us`."""
+        self._do("HSET", self.ops.keys.events, name, self.ops.now_us())
+
+    def events(self) -> dict[str, int]:
+        """All event counters."""
+        return {k: int(v) for k, v in self._do("HGETALL", self.ops.keys.events).items()}
+
+    def status_counts(self) -> dict[str, int]:
+        """Sessions per status."""
+        return self.ops.parse_counts(self._do("HGETALL", self.ops.keys.status_counts))
+
+    def live_count(self) -> int:
+        """Live sessions."""
+        return int(self._do("ZCARD", self.ops.keys.live_index))
+
+    def archive_backlog(self) -> int:
+        """Ended sessions waiting for their archive."""
+        return int(self._do("ZCARD", self.ops.keys.archive_index))
+
+    def recent_durations(self) -> list[float]:
+        """Durations (s) of the most recently archived calls."""
+        return [float(v) for v in self._do("LRANGE", self.ops.keys.durations, 0, -1)]
+
+    def write_statistics(self, document: Mapping[str, Any]) -> None:
+        """Store the statistics document."""
+        self._do("SET", self.ops.keys.statistics, json.dumps(document))
+
+    def read_statistics(self) -> dict[str, Any] | None:
+        """The stored statistics document, if any."""
+        raw = self._do("GET", self.ops.keys.statistics)
+        return None if raw is None else dict(json.loads(raw))
+
+    def acquire_sweep_lock(self, ttl_s: float) -> str | None:
+        """A token if this caller now holds the sweep lock, else None."""
+        token = secrets.token_hex(8)
+        ok = self._do("SET", self.ops.keys.sweep_lock, token, "NX", "PX", int(ttl_s * 1000))
+        return token if ok else None
+
+    def release_sweep_lock(self, token: str) -> None:
+        """Release the sweep lock if `token` still holds it."""
+        self._scripts["release_lock"](keys=[self.ops.keys.sweep_lock], args=[token])
+
+    def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(self._do("PING"))
 
     def close(self) -> None:
         """Release the connections."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +50,26 @@ class Settings(BaseSettings):
         default=256 * 1024, ge=0, validation_alias="AUDIO_BUFFER_MAX_BYTES"
     )
 
+    # task queue
+    celery_broker_url: str | None = Field(default=None, validation_alias="CELERY_BROKER_URL")
+    celery_key_prefix: str = Field(default="", max_length=64, validation_alias="CELERY_KEY_PREFIX")
+    task_time_limit_s: int = Field(default=15, ge=2, le=3600, validation_alias="TASK_TIME_LIMIT")
+    visibility_timeout_s: int = Field(
+        default=30, ge=2, le=86_400, validation_alias="CELERY_VISIBILITY_TIMEOUT"
+    )
+    statistics_interval_s: int = Field(default=60, ge=1, validation_alias="STATISTICS_INTERVAL")
+    sweep_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="SWEEP_BATCH_SIZE")
+    archive_retry_after_s: int = Field(default=60, ge=1, validation_alias="ARCHIVE_RETRY_AFTER")
+
+    # archive
+    archive_dir: str = Field(default="var/archive", min_length=1, validation_alias="ARCHIVE_DIR")
+    archive_url: str | None = Field(default=None, validation_alias="ARCHIVE_URL")
+    archive_table: str = Field(
+        default="session_archive",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        validation_alias="ARCHIVE_TABLE",
+    )
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -58,6 +78,21 @@ class Settings(BaseSettings):
                 f"must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
             )
         return value or None
+
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_scheme(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a postgresql:// URL (leave unset for the filesystem archive)")
+        return value or None
+
+    @field_validator("visibility_timeout_s")
+    @classmethod
+    def _visibility_past_time_limit(cls, value: int, info: Any) -> int:
+        limit = info.data.get("task_time_limit_s")
+        if limit is not None and value <= limit:
+            raise ValueError(f"must be longer than TASK_TIME_LIMIT ({limit} s)")
+        return value
 
     @field_validator("session_prefix")
     @classmethod
@@ -80,6 +115,20 @@ class Settings(BaseSettings):
         if self.redis_db is None:
             return url
         return urlunsplit(urlsplit(url)._replace(path=f"/{self.redis_db}"))
+
+    @property
+    def broker_url(self) -> str:
+        """CELERY_BROKER_URL, or the session Redis (with REDIS_PASSWORD folded into the URL)."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        url = self.effective_redis_url
+        password = self.redis_kwargs().get("password")
+        if not password:
+            return url
+        parts = urlsplit(url)
+        netloc = f"{parts.username or ''}:{quote(password, safe='')}@{parts.hostname}"
+        netloc += f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Client keyword arguments: REDIS_PASSWORD when the URL carries none."""

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sessions.codec import Snapshot
 from sessions.errors import InvalidSessionData
@@ -74,6 +74,25 @@ class ExpireResult:
 
 
 @dataclass(frozen=True)
+class StoredSession:
+    """A stored state and whether its archive has been written."""
+
+    state: SessionState
+    archived: bool
+
+
+class ArchiveMark(StrEnum):
+    """What flagging a session as archived did."""
+
+    MARKED = "marked"
+    ALREADY = "already"
+    NOT_ENDED = "not_ended"
+
+
+ARCHIVE_MARKS = {0: ArchiveMark.NOT_ENDED, 1: ArchiveMark.MARKED, 2: ArchiveMark.ALREADY}
+
+
+@dataclass(frozen=True)
 class SaveResult:
     """How many snapshots of a batch were applied and how many were stale."""
 
@@ -115,6 +134,14 @@ class SessionStorage(ABC):
     @abstractmethod
     async def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
         """End up to `limit` live sessions idle for more than `max_age_s`."""
+
+    @abstractmethod
+    async def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
+        """Flag an ended session as archived (counted); its hot state may then go."""
+
+    @abstractmethod
+    async def read_statistics(self) -> dict[str, Any] | None:
+        """The statistics document last written by the statistics task, if any."""
 
     @abstractmethod
     async def delete_session(self, conversation_id: str) -> bool:
@@ -178,3 +205,26 @@ def count_saves(outcomes: Sequence[bool]) -> SaveResult:
     """Tally compare-and-set outcomes."""
     applied = sum(1 for ok in outcomes if ok)
     return SaveResult(applied=applied, stale=len(outcomes) - applied)
+
+
+class SyncSessionStore(Protocol):
+    """The blocking operations the task code uses (Redis for workers, memory when embedded)."""
+
+    def save(self, snapshot: Snapshot) -> bool: ...
+    def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult: ...
+    def load_record(self, conversation_id: str) -> StoredSession | None: ...
+    def end(self, conversation_id: str, reason: str) -> EndOutcome: ...
+    def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult: ...
+    def archive_overdue(self, older_than_s: float, limit: int) -> list[str]: ...
+    def mark_archived(self, conversation_id: str, duration_s: float) -> ArchiveMark: ...
+    def add_event(self, name: str, amount: int = 1) -> None: ...
+    def mark_time(self, name: str) -> None: ...
+    def events(self) -> dict[str, int]: ...
+    def status_counts(self) -> dict[str, int]: ...
+    def live_count(self) -> int: ...
+    def archive_backlog(self) -> int: ...
+    def recent_durations(self) -> list[float]: ...
+    def write_statistics(self, document: Mapping[str, Any]) -> None: ...
+    def read_statistics(self) -> dict[str, Any] | None: ...
+    def acquire_sweep_lock(self, ttl_s: float) -> str | None: ...
+    def release_sweep_lock(self, token: str) -> None: ...

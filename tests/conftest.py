@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
+from celery import Celery
+from celery.contrib.pytest import celery_worker  # noqa: F401 - Celery's in-thread worker
+from celery.contrib.testing.worker import start_worker
 
+import celeryconfig
+from sessions.archive import FileSystemSink
+from sessions.factory import build_sync_store
 from sessions.memory import MemorySessionStorage
 from sessions.redis_async import RedisSessionStorage
+from sessions.redis_sync import SyncRedisStore
 from sessions.service import SessionManagerService
+from sessions.settings import Settings
 from sessions.storage import SessionStorage
+from tasks import runtime
+from tasks.runtime import CeleryDispatcher, TaskContext
 from tests.services import delete_prefix, redis_for_tests
 
 
@@ -68,3 +80,66 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(poll_s)
+
+
+# -- Celery: one in-thread worker per run on the real Redis broker --------------------------
+
+
+@pytest.fixture(scope="session")
+def broker_prefix(redis_url: str) -> Iterator[str]:
+    """Broker keys of this run live under their own prefix (kombu's global_keyprefix)."""
+    prefix = f"test-broker-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def worker_app(redis_url: str, broker_prefix: str) -> Celery:
+    """The real app (`workers.app`) pointed at the test broker."""
+    from workers.app import app
+
+    settings = Settings(redis_url=redis_url, celery_key_prefix=broker_prefix)
+    app.conf.update(celeryconfig.build(settings))
+    return app
+
+
+@pytest.fixture(scope="session")
+def inthread_worker(worker_app: Celery) -> Iterator[object]:
+    """A real worker consuming every queue, in threads of this process."""
+    with start_worker(
+        worker_app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        queues=list(celeryconfig.QUEUES),
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker
+
+
+def task_settings(redis_url: str, key_prefix: str, **extra: object) -> Settings:
+    return Settings(redis_url=redis_url, session_prefix=key_prefix, **extra)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def task_ctx(redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[TaskContext]:
+    """The context the in-thread worker's tasks use during one test."""
+    settings = task_settings(redis_url, key_prefix, archive_dir=str(tmp_path / "archive"))
+    store = build_sync_store(settings)
+    assert isinstance(store, SyncRedisStore)
+    ctx = TaskContext(settings, store, FileSystemSink(settings.archive_dir), CeleryDispatcher())
+    runtime.configure(ctx)
+    yield ctx
+    runtime.configure(None)
+    ctx.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30, poll_s: float = 0.02) -> float:
+    """Poll a condition observable only by polling; return the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(poll_s)
+    return time.monotonic() - start

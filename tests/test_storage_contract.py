@@ -6,7 +6,7 @@ import pytest
 
 from sessions.codec import Snapshot
 from sessions.state import SessionStatus
-from sessions.storage import ClaimOutcome, EndOutcome, SessionStorage, UpdateOutcome
+from sessions.storage import ArchiveMark, ClaimOutcome, EndOutcome, SessionStorage, UpdateOutcome
 from tests.helpers import make_state, snapshot
 from tests.test_state import full_state
 
@@ -162,7 +162,7 @@ async def test_an_ended_session_is_not_replaced_before_its_archive(
     await storage.create(make_state("c1"))
     await storage.end("c1", "done")
     assert not (await storage.create(make_state("c1"))).created
-    assert await storage.mark_archived("c1")  # type: ignore[attr-defined]
+    assert await storage.mark_archived("c1") is ArchiveMark.MARKED
     assert (await storage.create(make_state("c1"))).created
 
 

@@ -1,0 +1,238 @@
+"""The archive: one complete record per finished call, written to a sink idempotently."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from sessions.clock import utc_now
+from sessions.errors import RetryableError, TerminalError
+from sessions.state import SessionState, SessionStatus
+
+log = logging.getLogger(__name__)
+
+
+class ArchiveUnavailable(RetryableError):
+    """The archive sink could not be written; the archive will be retried."""
+
+
+class NotArchivable(TerminalError):
+    """The session is not ended, so it has no final record to archive."""
+
+
+class ArchiveRecord(BaseModel):
+    """Everything kept about a finished call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conversation_id: str
+    session_id: str | None
+    bridge_type: str
+    bot_name: str
+    caller: str
+    status: SessionStatus
+    started_at: datetime
+    ended_at: datetime
+    duration_s: float
+    resumed_count: int
+    end_reason: str | None
+    transcript: list[dict[str, Any]]
+    function_calls: list[dict[str, Any]]
+    error_count: int
+    last_error: str | None
+    state: dict[str, Any]
+    archived_at: datetime
+
+    @classmethod
+    def of(cls, state: SessionState) -> ArchiveRecord:
+        """The record of an ENDED session; NotArchivable otherwise."""
+        if state.status is not SessionStatus.ENDED or state.ended_at is None:
+            raise NotArchivable(f"session {state.conversation_id!r} is {state.status.value}")
+        full = state.to_dict()
+        full.pop("audio_buffer", None)
+        return cls(
+            conversation_id=state.conversation_id,
+            session_id=state.session_id,
+            bridge_type=state.bridge_type,
+            bot_name=state.bot_name,
+            caller=state.caller,
+            status=state.status,
+            started_at=state.created_at,
+            ended_at=state.ended_at,
+            duration_s=max(0.0, (state.ended_at - state.created_at).total_seconds()),
+            resumed_count=state.resumed_count,
+            end_reason=state.end_reason,
+            transcript=state.conversation_history,
+            function_calls=state.function_calls,
+            error_count=state.error_count,
+            last_error=state.last_error,
+            state=full,
+            archived_at=utc_now(),
+        )
+
+
+class ArchiveSink(Protocol):
+    """Where records go; `write` is an upsert by conversation id."""
+
+    def write(self, record: ArchiveRecord) -> None: ...
+    def read(self, conversation_id: str) -> ArchiveRecord | None: ...
+    def iter_since(self, since: datetime) -> Iterator[ArchiveRecord]: ...
+    def describe(self) -> str: ...
+    def close(self) -> None: ...
+
+
+class FileSystemSink:
+    """One JSON document per call under ARCHIVE_DIR/YYYY/MM/DD/, replaced atomically."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path_for(self, conversation_id: str, ended_at: datetime) -> Path:
+        """Where a call's record lives (the id is already validated as path-safe)."""
+        return self.root / ended_at.strftime("%Y/%m/%d") / f"{conversation_id}.json"
+
+    def write(self, record: ArchiveRecord) -> None:
+        target = self.path_for(record.conversation_id, record.ended_at)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(record.model_dump_json(indent=2))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise ArchiveUnavailable(f"cannot write {target}: {exc}") from exc
+
+    def read(self, conversation_id: str) -> ArchiveRecord | None:
+        for path in self.root.glob(f"*/*/*/{conversation_id}.json"):
+            return ArchiveRecord.model_validate_json(path.read_text(encoding="utf-8"))
+        return None
+
+    def iter_since(self, since: datetime) -> Iterator[ArchiveRecord]:
+        for path in sorted(self.root.glob("*/*/*/*.json")):
+            record = ArchiveRecord.model_validate_json(path.read_text(encoding="utf-8"))
+            if record.ended_at >= since:
+                yield record
+
+    def describe(self) -> str:
+        return f"filesystem:{self.root}"
+
+    def close(self) -> None:
+        return None
+
+
+class PostgresSink:
+    """A table of records keyed by conversation id, created on first use; writes are upserts."""
+
+    def __init__(self, url: str, table: str = "session_archive") -> None:
+        self.url = url
+        self.table = table
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+            self._conn.execute(_CREATE.format(table=self.table))
+        return self._conn
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with self._lock:
+            try:
+                cur = self._connection().execute(sql.format(table=self.table), params)
+                return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError as exc:
+                self._conn = None
+                raise ArchiveUnavailable(f"archive database unavailable: {exc}") from exc
+
+    def write(self, record: ArchiveRecord) -> None:
+        self._execute(
+            _UPSERT,
+            (
+                record.conversation_id,
+                record.started_at,
+                record.ended_at,
+                record.duration_s,
+                record.end_reason,
+                record.resumed_count,
+                record.model_dump_json(),
+            ),
+        )
+
+    def read(self, conversation_id: str) -> ArchiveRecord | None:
+        rows = self._execute(
+            "SELECT record FROM {table} WHERE conversation_id = %s", (conversation_id,)
+        )
+        return ArchiveRecord.model_validate(rows[0][0]) if rows else None
+
+    def write_count(self, conversation_id: str) -> int:
+        """How many times a record was written (1 after an archive, however often repeated)."""
+        rows = self._execute(
+            "SELECT write_count FROM {table} WHERE conversation_id = %s", (conversation_id,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def iter_since(self, since: datetime) -> Iterator[ArchiveRecord]:
+        rows = self._execute(
+            "SELECT record FROM {table} WHERE ended_at >= %s ORDER BY ended_at", (since,)
+        )
+        for (doc,) in rows:
+            yield ArchiveRecord.model_validate(doc)
+
+    def describe(self) -> str:
+        from sessions.redis_ops import redact_url
+
+        return f"postgresql:{redact_url(self.url)} table {self.table}"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_CREATE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    conversation_id text PRIMARY KEY,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz NOT NULL,
+    duration_s double precision NOT NULL,
+    end_reason text,
+    resumed_count integer NOT NULL,
+    record jsonb NOT NULL,
+    write_count integer NOT NULL DEFAULT 1,
+    archived_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+_UPSERT = """
+INSERT INTO {table}
+    (conversation_id, started_at, ended_at, duration_s, end_reason, resumed_count, record)
+VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)
+ON CONFLICT (conversation_id) DO UPDATE SET
+    record = EXCLUDED.record,
+    ended_at = EXCLUDED.ended_at,
+    duration_s = EXCLUDED.duration_s,
+    end_reason = EXCLUDED.end_reason,
+    resumed_count = EXCLUDED.resumed_count,
+    write_count = {table}.write_count + 1,
+    archived_at = now()
+"""
+
+
+def json_line(record: ArchiveRecord) -> str:
+    """A record as one line of JSON."""
+    return json.dumps(record.model_dump(mode="json"), separators=(",", ":"))

@@ -1,0 +1,52 @@
+"""Saving batches of session snapshots with the compare-and-set script."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+
+from sessions.codec import Snapshot
+from sessions.errors import InvalidSessionData, RetryableError
+from tasks import names, runtime
+from tasks.runtime import TaskContext
+
+log = logging.getLogger(__name__)
+
+SAVE_RETRY_BACKOFF_MAX_S = 5  # stays well under the broker visibility timeout
+
+
+def apply_batch(ctx: TaskContext, batch: Any) -> dict[str, int]:
+    """Apply every valid snapshot of a batch in one pipeline; count applied, stale, invalid."""
+    if not isinstance(batch, list):
+        raise InvalidSessionData(f"a batch must be a list of snapshots, not {type(batch).__name__}")
+    snapshots: list[Snapshot] = []
+    invalid = 0
+    for item in batch:
+        try:
+            snapshots.append(Snapshot.from_wire(item))
+        except InvalidSessionData as exc:
+            invalid += 1
+            log.warning("save_sessions: dropped an invalid snapshot: %s", exc)
+    result = ctx.store.save_many(snapshots)
+    ctx.store.add_event("snapshot_batches")
+    if invalid:
+        ctx.store.add_event("snapshots_invalid", invalid)
+    outcome = {"applied": result.applied, "stale": result.stale, "invalid": invalid}
+    log.info("save_sessions: batch of %d: %s", len(batch), outcome)
+    return outcome
+
+
+@shared_task(
+    name=names.SAVE_SESSIONS,
+    bind=True,
+    autoretry_for=(RetryableError,),
+    retry_backoff=True,
+    retry_backoff_max=SAVE_RETRY_BACKOFF_MAX_S,
+    retry_jitter=False,
+    max_retries=None,
+)
+def save_sessions(self: Task, batch: list[dict[str, Any]]) -> dict[str, int]:
+    """Apply a batch of snapshots; a replayed or older batch changes nothing."""
+    return apply_batch(runtime.context(), batch)
