@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sessions.errors import InvalidConversationId
 
 DEFAULT_PREFIX = "opusagent:session:"
+LOCK_KINDS = frozenset({"sweep", "archive"})
 
 # Starts with a letter or digit, so no id can collide with the `_`-named keys below.
 CONVERSATION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
@@ -55,10 +56,14 @@ class KeySpace:
         """String: the last computed statistics document (JSON)."""
         return self.prefix + "_stats"
 
-    @property
-    def sweep_lock(self) -> str:
-        """String: held by the one sweep that may run at a time."""
-        return self.prefix + "_lock:sweep"
+    def lock(self, name: str) -> str:
+        """String: a lock (`sweep`, or `archive:<conversation id>`), holding its owner's token."""
+        kind, _, conversation_id = name.partition(":")
+        if kind not in LOCK_KINDS or (conversation_id and kind != "archive"):
+            raise ValueError(f"unknown lock {name!r}")
+        if conversation_id:
+            check_conversation_id(conversation_id)
+        return self.prefix + "_lock:" + name
 
     @property
     def events(self) -> str:

@@ -67,7 +67,7 @@ class MemoryStore:
         self._events: Counter[str] = Counter()
         self._durations: deque[float] = deque(maxlen=DURATIONS_KEPT)
         self._statistics: dict[str, Any] | None = None
-        self._sweep_lock: tuple[str, float] | None = None
+        self._locks: dict[str, tuple[str, float]] = {}
 
     # -- internal bookkeeping (lock held) ------------------------------------
 
@@ -322,21 +322,23 @@ class MemoryStore:
         """The last statistics document, if any."""
         return None if self._statistics is None else json.loads(json.dumps(self._statistics))
 
-    def acquire_sweep_lock(self, ttl_s: float) -> str | None:
-        """A token if the caller now holds the sweep lock."""
+    def acquire_lock(self, name: str, ttl_s: float) -> str | None:
+        """A token if the caller now holds the named lock."""
         with self._lock:
             now = time.monotonic()
-            if self._sweep_lock is not None and self._sweep_lock[1] > now:
+            held = self._locks.get(name)
+            if held is not None and held[1] > now:
                 return None
             token = secrets.token_hex(8)
-            self._sweep_lock = (token, now + ttl_s)
+            self._locks[name] = (token, now + ttl_s)
             return token
 
-    def release_sweep_lock(self, token: str) -> None:
-        """Release the sweep lock if `token` holds it."""
+    def release_lock(self, name: str, token: str) -> None:
+        """Release the named lock if `token` holds it."""
         with self._lock:
-            if self._sweep_lock is not None and self._sweep_lock[0] == token:
-                self._sweep_lock = None
+            held = self._locks.get(name)
+            if held is not None and held[0] == token:
+                del self._locks[name]
 
     def list_live(self) -> list[str]:
         """Live ids, least recently active first."""

@@ -150,15 +150,15 @@ class SyncRedisStore:
         raw = self._do("GET", self.ops.keys.statistics)
         return None if raw is None else dict(json.loads(raw))
 
-    def acquire_sweep_lock(self, ttl_s: float) -> str | None:
-        """A token if this caller now holds the sweep lock, else None."""
+    def acquire_lock(self, name: str, ttl_s: float) -> str | None:
+        """A token if this caller now holds the named lock, else None."""
         token = secrets.token_hex(8)
-        ok = self._do("SET", self.ops.keys.sweep_lock, token, "NX", "PX", int(ttl_s * 1000))
+        ok = self._do("SET", self.ops.keys.lock(name), token, "NX", "PX", int(ttl_s * 1000))
         return token if ok else None
 
-    def release_sweep_lock(self, token: str) -> None:
-        """Release the sweep lock if `token` still holds it."""
-        self._scripts["release_lock"](keys=[self.ops.keys.sweep_lock], args=[token])
+    def release_lock(self, name: str, token: str) -> None:
+        """Release the named lock if `token` still holds it."""
+        self._run(ScriptCall("release_lock", [self.ops.keys.lock(name)], [token]))
 
     def ping(self) -> bool:
         """True when Redis answers."""

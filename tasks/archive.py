@@ -55,7 +55,18 @@ def finish_session(
 
 
 def archive_one(ctx: TaskContext, conversation_id: str) -> str:
-    """Write one ended session's record, then flag it archived; safe to repeat."""
+    """Write one ended session's record, then flag it archived; safe to repeat or race."""
+    lock = f"archive:{conversation_id}"
+    token = ctx.store.acquire_lock(lock, ttl_s=ctx.settings.task_time_limit_s + 5)
+    if token is None:
+        return "in_progress"
+    try:
+        return _write_and_mark(ctx, conversation_id)
+    finally:
+        ctx.store.release_lock(lock, token)
+
+
+def _write_and_mark(ctx: TaskContext, conversation_id: str) -> str:
     try:
         stored = ctx.store.load_record(conversation_id)
     except CorruptSession as exc:
@@ -69,13 +80,14 @@ def archive_one(ctx: TaskContext, conversation_id: str) -> str:
         return ArchiveMark.ALREADY.value
     if stored.state.status is not SessionStatus.ENDED:
         return ArchiveMark.NOT_ENDED.value
-    record = ArchiveRecord.of(stored.state)
+    state = stored.state
+    record = ArchiveRecord.of(state)
     try:
         ctx.sink.write(record)
     except ArchiveUnavailable:
         ctx.store.add_event("archive_failures")
         raise
-    mark = ctx.store.mark_archived(conversation_id, record.duration_s)
+    mark = ctx.store.mark_archived(state.conversation_id, record.duration_s)
     return "archived" if mark is ArchiveMark.MARKED else mark.value
 
 

@@ -25,7 +25,7 @@ def _send_archives(ctx: TaskContext, ids: list[str]) -> None:
 def sweep(ctx: TaskContext, max_age_s: float) -> dict[str, Any]:
     """End idle sessions in bounded batches and queue their archives; one sweep at a time."""
     settings = ctx.settings
-    token = ctx.store.acquire_sweep_lock(ttl_s=settings.task_time_limit_s + 5)
+    token = ctx.store.acquire_lock("sweep", ttl_s=settings.task_time_limit_s + 5)
     if token is None:
         log.info("sweep: another sweep holds the lock; skipped")
         return {"skipped": True}
@@ -51,7 +51,7 @@ def sweep(ctx: TaskContext, max_age_s: float) -> dict[str, Any]:
         ctx.store.add_event("sessions_expired", ended)
         ctx.store.mark_time("last_sweep_us")
     finally:
-        ctx.store.release_sweep_lock(token)
+        ctx.store.release_lock("sweep", token)
     if more:
         ctx.dispatcher.send(names.SWEEP_EXPIRED_SESSIONS, max_age_s)
     outcome = {"ended": ended, "vanished": vanished, "batches": batches,

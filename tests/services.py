@@ -95,3 +95,36 @@ def delete_prefix(url: str, prefix: str) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+DEFAULT_ARCHIVE_TEST_URL = "postgresql://postgres@127.0.0.1:5432/test"
+NO_POSTGRES_HELP = (
+    "no PostgreSQL for the archive tests at {url}: start one with "
+    "`docker compose up -d postgres` (then ARCHIVE_TEST_URL=postgresql://opus:opus@127.0.0.1:5432/"
+    "opus) or set ARCHIVE_TEST_URL to a database the tests may create tables in."
+)
+
+
+def archive_test_url() -> str:
+    """The PostgreSQL the archive tests write to."""
+    return os.environ.get("ARCHIVE_TEST_URL") or DEFAULT_ARCHIVE_TEST_URL
+
+
+def postgres_answers(url: str) -> bool:
+    """True when PostgreSQL accepts a connection at `url`."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def drop_table(url: str, table: str) -> None:
+    """Drop a test table."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
