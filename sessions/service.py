@@ -144,12 +144,13 @@ class SessionManagerService:
         return await self.storage.cleanup_expired_sessions(age_s)
 
     async def get_session_stats(self) -> dict[str, Any]:
-        """Live count, counts by status, and the storage's own description."""
+        """Live counts now, and the statistics task's last document (durations, archive health)."""
         storage_stats = await self.storage.get_stats()
         return {
             "active_sessions_count": storage_stats["live_sessions"],
             "status_counts": storage_stats["status_counts"],
             "storage_stats": storage_stats,
+            "statistics": await self.storage.read_statistics(),
             "service_status": "running" if self._running else "stopped",
         }
 
