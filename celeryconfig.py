@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from sessions.settings import Settings, load_settings
 
@@ -69,7 +69,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.5,
             "interval_max": 2,
         },
-        "task_queues": tuple(Queue(name) for name in QUEUES),
+        "task_queues": tuple(Queue(name, Exchange(name), routing_key=name) for name in QUEUES),
         "task_default_queue": "maintenance",
         "task_routes": {f"opus.{name}.*": {"queue": name} for name in QUEUES},
         "worker_send_task_events": True,

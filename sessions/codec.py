@@ -40,6 +40,15 @@ def encode_state(state: SessionState) -> dict[str, str]:
     return fields
 
 
+def encode_fields(state: SessionState, names: set[str]) -> dict[str, str]:
+    """The stored text of some fields of a state."""
+    doc = state.model_dump(mode="json", include=names - {ACTIVITY_FIELD})
+    fields = {name: str(_DUMPS(value)) for name, value in doc.items()}
+    if ACTIVITY_FIELD in names:
+        fields[ACTIVITY_FIELD] = str(to_us(state.last_activity))
+    return fields
+
+
 def fields_to_json(conversation_id: str, fields: Mapping[str, str]) -> str:
     """One JSON document (the `to_dict()` shape) from a stored field map."""
     parts = []

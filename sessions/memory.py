@@ -114,13 +114,15 @@ class MemoryStore:
 
     # -- operations ----------------------------------------------------------
 
-    def create(self, state: SessionState, replace: bool = False) -> CreateResult:
-        """Store a new session unless a live or unarchived one is in the way."""
+    def create(self, state: SessionState, replace: bool = False, max_live: int = 0) -> CreateResult:
+        """Store a new session unless a live or unarchived one is in the way, or it is full."""
         cid = state.conversation_id
         fields = encode_state(state)
         with self._lock:
             epoch = 1
             current = self._records.get(cid)
+            if current is None and 0 < max_live <= len(self._live):
+                return CreateResult(False, full=True)
             if current is not None:
                 status, archived = _status(current), ARCHIVED_FIELD in current
                 if not replace and (status != ENDED or not archived):
@@ -377,8 +379,10 @@ class MemorySessionStorage(SessionStorage):
         self.session_ttl_s = session_ttl_s
         self._cleanup_task: asyncio.Task[None] | None = None
 
-    async def create(self, state: SessionState, replace: bool = False) -> CreateResult:
-        return self.store.create(state, replace)
+    async def create(
+        self, state: SessionState, replace: bool = False, max_live: int = 0
+    ) -> CreateResult:
+        return self.store.create(state, replace, max_live)
 
     async def save(self, snapshot: Snapshot) -> bool:
         return self.store.save(snapshot)

@@ -75,8 +75,10 @@ class RedisSessionStorage(SessionStorage):
 
     # -- atomic operations ---------------------------------------------------
 
-    async def create(self, state: SessionState, replace: bool = False) -> CreateResult:
-        call = self.ops.create(state, encode_state(state), replace)
+    async def create(
+        self, state: SessionState, replace: bool = False, max_live: int = 0
+    ) -> CreateResult:
+        call = self.ops.create(state, encode_state(state), replace, max_live)
         return self.ops.parse_create(await self._run(call, state.conversation_id))
 
     async def save(self, snapshot: Snapshot) -> bool:

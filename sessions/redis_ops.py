@@ -147,8 +147,10 @@ class RedisOps:
         args: list[Arg] = [conversation_id, now_us(), self.retention.live_ms, status or ""]
         return ScriptCall("update", self.keys.script_keys(conversation_id), args + _flatten(fields))
 
-    def create(self, state: SessionState, fields: Mapping[str, str], replace: bool) -> ScriptCall:
-        """Create, fencing any replaced session with a higher epoch."""
+    def create(
+        self, state: SessionState, fields: Mapping[str, str], replace: bool, max_live: int
+    ) -> ScriptCall:
+        """Create, fencing any replaced session with a higher epoch; refuse past `max_live`."""
         args: list[Arg] = [
             state.conversation_id,
             "1" if replace else "0",
@@ -156,6 +158,7 @@ class RedisOps:
             self.retention.live_ms,
             state.status.value,
             fields[ACTIVITY_FIELD],
+            max_live,
         ]
         return ScriptCall(
             "create", self.keys.script_keys(state.conversation_id), args + _flatten(fields)
@@ -219,6 +222,8 @@ class RedisOps:
         """CreateResult from the create script's reply."""
         if reply[0] == "created":
             return CreateResult(created=True, epoch=int(reply[1]))
+        if reply[0] == "full":
+            return CreateResult(created=False, full=True)
         return CreateResult(created=False, existing_status=reply[1], archived=reply[2] == "1")
 
     @staticmethod

@@ -135,12 +135,17 @@ return 'ok'
 """
 )
 
-# ARGV: cid, replace(0|1), now_us, live_ttl_ms, status, activity_us, field, value, ...
+# ARGV: cid, replace(0|1), now_us, live_ttl_ms, status, activity_us, max_live (0: none),
+#       field, value, ...
 CREATE = (
     PRELUDE
     + r"""
 local cur = redis.call('HMGET', KEYS[1], 'status', 'epoch', '_archived')
 local epoch = 1
+local max_live = tonumber(ARGV[7])
+if max_live > 0 and not cur[1] and redis.call('ZCARD', KEYS[2]) >= max_live then
+  return {'full'}
+end
 if cur[1] then
   if ARGV[2] ~= '1' and (cur[1] ~= '"ended"' or not cur[3]) then
     return {'exists', status_name(cur[1]), cur[3] and '1' or '0'}
@@ -151,7 +156,7 @@ if cur[1] then
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('DEL', KEYS[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('HSET', KEYS[1], 'epoch', tostring(epoch), 'seq', '0')
 transition(KEYS[2], KEYS[3], KEYS[4], ARGV[1], false, ARGV[5], ARGV[6], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -186,7 +191,9 @@ for _, cid in ipairs(ids) do
     vanished = vanished + 1
   else
     local old = status_name(st)
-    if old ~= 'ended' then
+    if old == 'ended' then
+      vanished = vanished + 1
+    else
       redis.call('HSET', key, 'status', '"ended"', 'end_reason', ARGV[5], 'ended_at', ARGV[6])
       redis.call('HINCRBY', key, 'seq', 1)
       redis.call('PEXPIRE', key, ARGV[7])

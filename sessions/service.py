@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sessions.clock import utc_now
-from sessions.codec import encode_state
+from sessions.codec import encode_fields
 from sessions.errors import InvalidSessionData, InvalidUpdate, SessionExists, SessionLimitReached
 from sessions.keys import check_conversation_id
 from sessions.state import (
@@ -69,11 +69,9 @@ class SessionManagerService:
         state = SessionState.from_dict(
             {"conversation_id": conversation_id, "schema_version": SCHEMA_VERSION, **fields}
         )
-        if self.max_sessions is not None and not replace:
-            live = await self.storage.live_count()
-            if live >= self.max_sessions:
-                raise SessionLimitReached(f"{live} live sessions: MAX_SESSIONS reached")
-        result = await self.storage.create(state, replace=replace)
+        result = await self.storage.create(state, replace=replace, max_live=self.max_sessions or 0)
+        if result.full:
+            raise SessionLimitReached(f"{self.max_sessions} live sessions: MAX_SESSIONS reached")
         if not result.created:
             detail = "waiting for its archive" if result.existing_status == "ended" else "live"
             raise SessionExists(
@@ -192,8 +190,7 @@ class SessionManagerService:
             )
         except ValidationError as exc:
             raise InvalidUpdate(describe_validation_error(exc)) from None
-        encoded = encode_state(probe)
-        fields = {name: encoded[name] for name in updates if name != "status"}
+        fields = encode_fields(probe, set(updates) - {"status"})
         status = probe.status.value if "status" in updates else None
         return fields, status
 

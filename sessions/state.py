@@ -14,14 +14,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_serializer,
     field_validator,
-    model_validator,
 )
 
 from sessions.clock import as_utc, utc_now
 from sessions.errors import InvalidSessionData, SessionEnded
-from sessions.keys import check_conversation_id
+from sessions.keys import CONVERSATION_ID_PATTERN
 
 SCHEMA_VERSION = 2
 DEFAULT_AUDIO_BUFFER_MAX_BYTES = 256 * 1024
@@ -45,11 +43,13 @@ RESUMABLE = frozenset({SessionStatus.INITIATED, SessionStatus.ACTIVE, SessionSta
 class SessionState(BaseModel):
     """The resumable state of one call; `(epoch, seq)` orders its snapshots."""
 
-    model_config = ConfigDict(extra="ignore", use_enum_values=False)
+    model_config = ConfigDict(
+        extra="ignore", ser_json_bytes="base64", val_json_bytes="base64", use_enum_values=False
+    )
 
     audio_buffer_max_bytes: ClassVar[int] = DEFAULT_AUDIO_BUFFER_MAX_BYTES
 
-    conversation_id: str
+    conversation_id: str = Field(pattern=rf"^(?:{CONVERSATION_ID_PATTERN.pattern})$")
     session_id: str | None = None
     bridge_type: str = "audiocodes"
     bot_name: str = "voice-bot"
@@ -78,38 +78,10 @@ class SessionState(BaseModel):
 
     # -- validation ---------------------------------------------------------
 
-    @model_validator(mode="before")
-    @classmethod
-    def _accept_older_shapes(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        legacy = "schema_version" not in data
-        chunks = data.get("audio_buffer")
-        if not legacy and not chunks:
-            return data
-        data = dict(data)
-        if isinstance(chunks, list):
-            data["audio_buffer"] = [_decode_chunk(i, c, legacy) for i, c in enumerate(chunks)]
-        if legacy:
-            meta = data.get("metadata")
-            if isinstance(meta, dict) and "end_reason" in meta and "end_reason" not in data:
-                data["end_reason"] = meta["end_reason"]
-            data["schema_version"] = SCHEMA_VERSION
-        return data
-
-    @field_validator("conversation_id")
-    @classmethod
-    def _safe_id(cls, value: str) -> str:
-        return check_conversation_id(value)
-
     @field_validator("audio_buffer")
     @classmethod
     def _bounded_audio(cls, chunks: list[bytes]) -> list[bytes]:
-        return _trim_oldest(chunks, cls.audio_buffer_max_bytes)
-
-    @field_serializer("audio_buffer", when_used="json")
-    def _audio_as_base64(self, chunks: list[bytes]) -> list[str]:
-        return [base64.b64encode(c).decode("ascii") for c in chunks]
+        return _trim_oldest(chunks, cls.audio_buffer_max_bytes) if chunks else chunks
 
     # -- conversion ---------------------------------------------------------
 
@@ -119,11 +91,17 @@ class SessionState(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Any) -> SessionState:
-        """Build from `to_dict()` output or the older shape; errors name the field."""
+        """Build from `to_dict()` output or the older shape; errors name the field.
+
+        The older shape has no `schema_version`: naive times (taken as UTC), audio
+        chunks as hex, the end reason in `metadata`.
+        """
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(_upgrade(data) if isinstance(data, dict) else data)
         except ValidationError as exc:
             raise InvalidSessionData(describe_validation_error(exc)) from None
+        except ValueError as exc:
+            raise InvalidSessionData(f"invalid session data: {exc}") from None
 
     # -- behaviour ----------------------------------------------------------
 
@@ -202,6 +180,23 @@ def describe_validation_error(exc: ValidationError) -> str:
         field = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{field}: {err['msg']}")
     return "invalid session data: " + "; ".join(parts)
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A dict in the current shape: audio chunks as bytes, legacy fields moved."""
+    legacy = "schema_version" not in data
+    chunks = data.get("audio_buffer")
+    if not legacy and not chunks:
+        return data
+    data = dict(data)
+    if isinstance(chunks, list):
+        data["audio_buffer"] = [_decode_chunk(i, c, legacy) for i, c in enumerate(chunks)]
+    if legacy:
+        meta = data.get("metadata")
+        if isinstance(meta, dict) and "end_reason" in meta and "end_reason" not in data:
+            data["end_reason"] = meta["end_reason"]
+        data["schema_version"] = SCHEMA_VERSION
+    return data
 
 
 def _decode_chunk(index: int, chunk: Any, legacy: bool) -> Any:

@@ -63,11 +63,12 @@ class CreateResult:
     epoch: int = 1
     existing_status: str | None = None
     archived: bool = False
+    full: bool = False
 
 
 @dataclass(frozen=True)
 class ExpireResult:
-    """One bounded expiry batch: ids ended as expired, index entries with no session."""
+    """One bounded expiry batch: ids ended as expired, stale index entries removed."""
 
     ended: list[str] = field(default_factory=list)
     vanished: int = 0
@@ -106,8 +107,11 @@ class SessionStorage(ABC):
     # -- atomic operations every backend provides ------------------------------
 
     @abstractmethod
-    async def create(self, state: SessionState, replace: bool = False) -> CreateResult:
-        """Store a new session; refuse if a live (or unarchived) one exists unless `replace`."""
+    async def create(
+        self, state: SessionState, replace: bool = False, max_live: int = 0
+    ) -> CreateResult:
+        """Store a new session; refuse if a live (or unarchived) one exists unless `replace`,
+        or if a new id would make more than `max_live` live sessions (0: no limit)."""
 
     @abstractmethod
     async def save(self, snapshot: Snapshot) -> bool:

@@ -9,7 +9,7 @@ import redis
 
 from sessions.clock import to_us
 from sessions.codec import Snapshot
-from sessions.errors import CorruptSession, StorageUnavailable
+from sessions.errors import CorruptSession, SessionLimitReached, StorageUnavailable
 from sessions.redis_async import RedisSessionStorage
 from sessions.service import SessionManagerService
 from tests.helpers import make_state
@@ -113,3 +113,31 @@ async def test_listing_and_sweeping_never_scan_the_keyspace(
     after = raw.info("commandstats")
     for command in ("cmdstat_keys", "cmdstat_scan"):
         assert after.get(command, {}).get("calls", 0) == before.get(command, {}).get("calls", 0)
+
+
+async def test_max_sessions_holds_under_concurrent_creates(
+    redis_storage: RedisSessionStorage,
+) -> None:
+    service = SessionManagerService(redis_storage, max_sessions=10)
+
+    async def create(i: int) -> bool:
+        try:
+            await service.create_session(f"c{i}")
+            return True
+        except SessionLimitReached:
+            return False
+
+    outcomes = await asyncio.gather(*(create(i) for i in range(25)))
+    assert sum(outcomes) == 10 and await redis_storage.live_count() == 10
+
+
+async def test_a_stale_live_index_entry_does_not_stop_a_sweep_early(
+    redis_storage: RedisSessionStorage, raw: redis.Redis
+) -> None:
+    keys = redis_storage.ops.keys
+    for i in range(3):
+        await redis_storage.save(Snapshot.of(make_state(f"c{i}", idle_s=5000)))
+    await redis_storage.end("c0", "done")
+    raw.zadd(keys.live_index, {"c0": 1})  # an index out of step with its session
+    result = await redis_storage.expire_batch(3600, 3)
+    assert sorted(result.ended) == ["c1", "c2"] and result.vanished == 1
