@@ -61,6 +61,36 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="SWEEP_BATCH_SIZE")
     archive_retry_after_s: int = Field(default=60, ge=1, validation_alias="ARCHIVE_RETRY_AFTER")
 
+    # persister (bridge side)
+    save_interval_ms: int = Field(default=200, ge=1, le=60_000, validation_alias="SAVE_INTERVAL_MS")
+    persist_max_batch: int = Field(default=500, ge=1, le=5000, validation_alias="PERSIST_MAX_BATCH")
+    persist_max_pending: int = Field(default=100_000, ge=1, validation_alias="PERSIST_MAX_PENDING")
+
+    # bridges and the realtime model
+    bridge_host: str = Field(default="127.0.0.1", validation_alias="BRIDGE_HOST")
+    bridge_port: int = Field(default=8080, ge=0, le=65535, validation_alias="BRIDGE_PORT")
+    audiocodes_bot_token: SecretStr | None = Field(
+        default=None, validation_alias="AUDIOCODES_BOT_TOKEN"
+    )
+    twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
+    send_session_resumed: bool = Field(default=True, validation_alias="SEND_SESSION_RESUMED")
+    vad_mode: Literal["server", "local"] = Field(default="server", validation_alias="VAD_MODE")
+    max_frame_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="MAX_FRAME_BYTES"
+    )
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_realtime_url: str = Field(
+        default="wss://api.openai.com/v1/realtime", validation_alias="OPENAI_REALTIME_URL"
+    )
+    openai_realtime_model: str = Field(
+        default="gpt-4o-realtime-preview", min_length=1, validation_alias="OPENAI_REALTIME_MODEL"
+    )
+    openai_voice: str = Field(default="alloy", min_length=1, validation_alias="OPENAI_VOICE")
+    bot_instructions: str = Field(
+        default="You are a helpful voice assistant on a phone call. Be brief.",
+        validation_alias="BOT_INSTRUCTIONS",
+    )
+
     # archive
     archive_dir: str = Field(default="var/archive", min_length=1, validation_alias="ARCHIVE_DIR")
     archive_url: str | None = Field(default=None, validation_alias="ARCHIVE_URL")
@@ -78,6 +108,13 @@ class Settings(BaseSettings):
                 f"must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
             )
         return value or None
+
+    @field_validator("openai_realtime_url")
+    @classmethod
+    def _ws_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("ws", "wss"):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
 
     @field_validator("archive_url")
     @classmethod

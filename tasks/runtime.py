@@ -23,12 +23,21 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
-    """Sends through the current Celery app, so routes and retry policy apply."""
+    """Sends through a Celery app (default: the current one), so routes apply.
+
+    `retry=False` fails at once when the broker is unreachable, for callers that keep
+    their own backlog (the bridge's persister) rather than block on publish retries.
+    """
+
+    def __init__(self, app: Any = None, retry: bool = True) -> None:
+        self.app = app
+        self.retry = retry
 
     def send(self, task_name: str, *args: Any) -> None:
         from celery import current_app
 
-        current_app.send_task(task_name, args=list(args))
+        app = self.app or current_app
+        app.send_task(task_name, args=list(args), retry=self.retry)
 
 
 @dataclass

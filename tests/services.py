@@ -41,12 +41,12 @@ def redis_answers(url: str) -> bool:
 
 
 @contextmanager
-def throwaway_redis(*extra_args: str) -> Iterator[str]:
-    """Start a private redis-server on a free port; yield its URL; stop it after."""
+def throwaway_redis(*extra_args: str, port: int | None = None) -> Iterator[str]:
+    """Start a private redis-server (on `port`, or a free one); yield its URL; stop it after."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server")
-    port = free_port()
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="opus-sessions-redis-")
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(
