@@ -15,12 +15,14 @@ mutated in place after they are added (add a new item instead): the frozen copy 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sessions.codec import Snapshot
 from sessions.state import SessionState
@@ -29,11 +31,14 @@ from tasks import names
 from tasks.runtime import Dispatcher
 
 log = logging.getLogger(__name__)
+GC_GEN0_THRESHOLD = 20_000
+ENCODE_BETWEEN_YIELDS = 8  # snapshots encoded (~20 µs each) between chances for the loop
 
 
-@dataclass(frozen=True)
-class _Pending:
-    state: SessionState
+class _Pending(NamedTuple):
+    """A session's latest frozen state and, for an end, its reason."""
+
+    state: dict[str, Any]
     end_reason: str | None = None
 
 
@@ -61,22 +66,24 @@ class PersisterMetrics:
     last_error: str | None
 
 
-def freeze(state: SessionState) -> SessionState:
-    """A copy that later appends and assignments on `state` do not change."""
-    return state.model_copy(
-        update={
-            "conversation_history": list(state.conversation_history),
-            "function_calls": list(state.function_calls),
-            "audio_buffer": list(state.audio_buffer),
-            "metadata": dict(state.metadata),
-            "audio_metadata": dict(state.audio_metadata),
-        }
-    )
+FrozenState = dict[str, Any]
+_MUTABLE_LISTS = ("conversation_history", "function_calls", "audio_buffer")
+_MUTABLE_DICTS = ("metadata", "audio_metadata")
 
 
-def to_wire(state: SessionState) -> dict[str, Any]:
-    """The JSON form of a state's snapshot."""
-    snap = Snapshot.of(state)
+def freeze(state: SessionState) -> FrozenState:
+    """The state's field values, in containers that later changes to `state` do not touch."""
+    values = dict(vars(state))
+    for name in _MUTABLE_LISTS:
+        values[name] = list(values[name])
+    for name in _MUTABLE_DICTS:
+        values[name] = dict(values[name])
+    return values
+
+
+def to_wire(values: FrozenState) -> dict[str, Any]:
+    """The JSON form of a frozen state's snapshot."""
+    snap = Snapshot.of_values(values)
     return {
         "conversation_id": snap.conversation_id,
         "epoch": snap.epoch,
@@ -87,6 +94,32 @@ def to_wire(state: SessionState) -> dict[str, Any]:
     }
 
 
+def tune_gc(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
+    """GC settings for a bridge process: freeze start-up objects, collect the young less often.
+
+    Every save allocates a few containers; with CPython's default threshold (700) about one
+    save in a hundred pays for a young-generation collection, and full collections walk
+    every object imported at start-up. Called once by the server after imports.
+    """
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
+def encode_politely(states: Iterable[FrozenState]) -> list[dict[str, Any]]:
+    """The wire forms of `states`, letting the event loop's thread run between a few of them.
+
+    Encoding holds the GIL; without these pauses the loop could wait a whole switch
+    interval (5 ms) for it whenever a timer or a frame wakes it.
+    """
+    wire = []
+    for index, state in enumerate(states):
+        if index % ENCODE_BETWEEN_YIELDS == 0:
+            time.sleep(0)  # releases the GIL; a waiting thread takes it
+        wire.append(to_wire(state))
+    return wire
+
+
 class SessionPersister:
     """Coalesces state changes per session and publishes them in batches from a thread."""
 
@@ -95,7 +128,7 @@ class SessionPersister:
         dispatcher: Dispatcher,
         *,
         save_interval_ms: int = 200,
-        max_batch: int = 500,
+        max_batch: int = 100,
         max_pending: int = 100_000,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
@@ -237,7 +270,7 @@ class SessionPersister:
         ends = [(cid, p) for cid, p in batch.items() if p.end_reason is not None]
         for start in range(0, len(saves), self.max_batch):
             chunk = saves[start : start + self.max_batch]
-            if not self._publish(names.SAVE_SESSIONS, [to_wire(p.state) for _, p in chunk]):
+            if not self._publish(names.SAVE_SESSIONS, encode_politely(p.state for _, p in chunk)):
                 return dict(saves[start:] + ends)
             self._counts["batches"] += 1
             self._counts["snapshots"] += len(chunk)

@@ -7,11 +7,11 @@ compare it and use it as an index score. Both backends store this map.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import to_json
 
 from sessions.clock import from_us, to_us
 from sessions.errors import CorruptSession, InvalidSessionData
@@ -22,28 +22,28 @@ FIELD_NAMES: tuple[str, ...] = tuple(SessionState.model_fields)
 ACTIVITY_FIELD = "last_activity"
 ARCHIVED_FIELD = "_archived"
 _KNOWN = frozenset(FIELD_NAMES)
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_STORED_AS_JSON = tuple(name for name in FIELD_NAMES if name != ACTIVITY_FIELD)
 
 
-def encode_value(name: str, value: Any) -> str:
-    """The stored text of one field, given its JSON-mode value."""
-    if name == ACTIVITY_FIELD:
-        raise ValueError("last_activity is stored as microseconds; use encode_state")
-    return str(_DUMPS(value))
+def _json(value: Any) -> str:
+    return to_json(value, bytes_mode="base64").decode()
+
+
+def encode_values(values: Mapping[str, Any]) -> dict[str, str]:
+    """The full field map from a state's field values (`vars(state)` or a frozen copy of it)."""
+    fields = {name: _json(values[name]) for name in _STORED_AS_JSON}
+    fields[ACTIVITY_FIELD] = str(to_us(values[ACTIVITY_FIELD]))
+    return fields
 
 
 def encode_state(state: SessionState) -> dict[str, str]:
     """The full field map of a state."""
-    doc = state.model_dump(mode="json", exclude={ACTIVITY_FIELD})
-    fields = {name: str(_DUMPS(value)) for name, value in doc.items()}
-    fields[ACTIVITY_FIELD] = str(to_us(state.last_activity))
-    return fields
+    return encode_values(vars(state))
 
 
 def encode_fields(state: SessionState, names: set[str]) -> dict[str, str]:
     """The stored text of some fields of a state."""
-    doc = state.model_dump(mode="json", include=names - {ACTIVITY_FIELD})
-    fields = {name: str(_DUMPS(value)) for name, value in doc.items()}
+    fields = {name: _json(getattr(state, name)) for name in _STORED_AS_JSON if name in names}
     if ACTIVITY_FIELD in names:
         fields[ACTIVITY_FIELD] = str(to_us(state.last_activity))
     return fields
@@ -108,13 +108,18 @@ class Snapshot(BaseModel):
     @classmethod
     def of(cls, state: SessionState) -> Snapshot:
         """The snapshot of a state as it is now."""
+        return cls.of_values(vars(state))
+
+    @classmethod
+    def of_values(cls, values: Mapping[str, Any]) -> Snapshot:
+        """The snapshot of a state's field values (`vars(state)` or a frozen copy of it)."""
         return cls.model_construct(
-            conversation_id=state.conversation_id,
-            epoch=state.epoch,
-            seq=state.seq,
-            status=state.status,
-            last_activity_us=to_us(state.last_activity),
-            fields=encode_state(state),
+            conversation_id=values["conversation_id"],
+            epoch=values["epoch"],
+            seq=values["seq"],
+            status=values["status"],
+            last_activity_us=to_us(values[ACTIVITY_FIELD]),
+            fields=encode_values(values),
         )
 
     @classmethod
