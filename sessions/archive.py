@@ -8,7 +8,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,7 +85,11 @@ class ArchiveSink(Protocol):
 
     def write(self, record: ArchiveRecord) -> None: ...
     def read(self, conversation_id: str) -> ArchiveRecord | None: ...
-    def iter_since(self, since: datetime) -> Iterator[ArchiveRecord]: ...
+    def iter_since(
+        self, since: datetime, until: datetime | None = None
+    ) -> Iterator[ArchiveRecord]: ...
+    def count_since(self, since: datetime, until: datetime | None = None) -> int: ...
+    def check(self, timeout_s: float = 2.0) -> str: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 
@@ -118,11 +122,47 @@ class FileSystemSink:
             return ArchiveRecord.model_validate_json(path.read_text(encoding="utf-8"))
         return None
 
-    def iter_since(self, since: datetime) -> Iterator[ArchiveRecord]:
-        for path in sorted(self.root.glob("*/*/*/*.json")):
-            record = ArchiveRecord.model_validate_json(path.read_text(encoding="utf-8"))
-            if record.ended_at >= since:
-                yield record
+    def iter_since(self, since: datetime, until: datetime | None = None) -> Iterator[ArchiveRecord]:
+        """Records ended at or after `since` (and before `until`), oldest first."""
+        for day_dir, _ in self._days(since, until):
+            records = (_load(path) for path in _record_files(day_dir))
+            in_range = (r for r in records if ended_within(r, since, until))
+            yield from sorted(in_range, key=lambda r: (r.ended_at, r.conversation_id))
+
+    def count_since(self, since: datetime, until: datetime | None = None) -> int:
+        """How many records `iter_since` yields; days wholly inside the range are not parsed."""
+        total = 0
+        for day_dir, whole in self._days(since, until):
+            files = _record_files(day_dir)
+            if whole:
+                total += len(files)
+            else:
+                total += sum(1 for path in files if ended_within(_load(path), since, until))
+        return total
+
+    def check(self, timeout_s: float = 2.0) -> str:
+        """Create and remove a probe file under the root; ArchiveUnavailable if that fails."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ArchiveUnavailable(f"cannot write under {self.root}: {exc}") from exc
+        return f"{self.root} is writable"
+
+    def _days(self, since: datetime, until: datetime | None) -> Iterator[tuple[Path, bool]]:
+        """Day directories that may hold records in range, and whether all of the day is in it."""
+        for day_dir in sorted(self.root.glob("[0-9]*/[0-9]*/[0-9]*")):
+            try:
+                start = datetime.strptime("/".join(day_dir.parts[-3:]), "%Y/%m/%d")
+            except ValueError:
+                continue
+            start = start.replace(tzinfo=UTC)
+            end = start + timedelta(days=1)
+            if end <= since or (until is not None and start >= until):
+                continue
+            yield day_dir, since <= start and (until is None or end <= until)
 
     def describe(self) -> str:
         return f"filesystem:{self.root}"
@@ -186,12 +226,42 @@ class PostgresSink:
         )
         return int(rows[0][0]) if rows else 0
 
-    def iter_since(self, since: datetime) -> Iterator[ArchiveRecord]:
-        rows = self._execute(
-            "SELECT record FROM {table} WHERE ended_at >= %s ORDER BY ended_at", (since,)
-        )
-        for (doc,) in rows:
-            yield ArchiveRecord.model_validate(doc)
+    def iter_since(self, since: datetime, until: datetime | None = None) -> Iterator[ArchiveRecord]:
+        """Records ended at or after `since` (and before `until`), oldest first, in pages."""
+        sql = _PAGE.replace("{until}", _UNTIL if until else "")
+        bounds = (since, until) if until else (since,)
+        after: tuple[Any, ...] = (since, "")
+        while True:
+            rows = self._execute(sql, (*after, *bounds, READ_PAGE_SIZE))
+            for _, _, doc in rows:
+                yield ArchiveRecord.model_validate(doc)
+            if len(rows) < READ_PAGE_SIZE:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    def count_since(self, since: datetime, until: datetime | None = None) -> int:
+        """How many records `iter_since` yields."""
+        sql = "SELECT count(*) FROM {table} WHERE ended_at >= %s" + (_UNTIL if until else "")
+        rows = self._execute(sql, (since, until) if until else (since,))
+        return int(rows[0][0])
+
+    def check(self, timeout_s: float = 2.0) -> str:
+        """Connect, create the table if needed and read it; ArchiveUnavailable if that fails."""
+        import psycopg
+
+        timeout_ms = int(timeout_s * 1000)
+        try:
+            with psycopg.connect(
+                self.url,
+                autocommit=True,
+                connect_timeout=max(1, round(timeout_s)),
+                options=f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+            ) as conn:
+                conn.execute(_CREATE.format(table=self.table))
+                conn.execute(f"SELECT 1 FROM {self.table} LIMIT 1").fetchall()
+        except psycopg.Error as exc:
+            raise ArchiveUnavailable(f"archive database unavailable: {exc}".strip()) from exc
+        return f"table {self.table} can be created and read"
 
     def describe(self) -> str:
         from sessions.redis_ops import redact_url
@@ -231,6 +301,29 @@ ON CONFLICT (conversation_id) DO UPDATE SET
     write_count = {table}.write_count + 1,
     archived_at = now()
 """
+
+
+READ_PAGE_SIZE = 500
+_UNTIL = " AND ended_at < %s"
+_PAGE = """
+SELECT ended_at, conversation_id, record FROM {table}
+WHERE (ended_at, conversation_id) > (%s, %s) AND ended_at >= %s{until}
+ORDER BY ended_at, conversation_id LIMIT %s
+"""
+
+
+def ended_within(record: ArchiveRecord, since: datetime, until: datetime | None) -> bool:
+    """Whether a record ended at or after `since` and before `until` (if given)."""
+    return record.ended_at >= since and (until is None or record.ended_at < until)
+
+
+def _record_files(day_dir: Path) -> list[Path]:
+    """The records of one day directory (not the temporary files of writes in progress)."""
+    return sorted(p for p in day_dir.glob("*.json") if not p.name.startswith("."))
+
+
+def _load(path: Path) -> ArchiveRecord:
+    return ArchiveRecord.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def json_line(record: ArchiveRecord) -> str:

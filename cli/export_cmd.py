@@ -1,0 +1,185 @@
+"""`opus-sessions archive export`: archive records ended in a time range, as JSONL or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ProgressBar, json_option
+from sessions.archive import ArchiveRecord, ArchiveSink, json_line
+from sessions.factory import build_sink
+from sessions.settings import Settings
+
+if TYPE_CHECKING:
+    from cli.output import Subparsers
+
+DATE_FORMAT_HELP = "YYYY-MM-DD or an ISO-8601 datetime such as 2025-01-31T12:00:00Z (UTC)"
+CSV_COLUMNS = (
+    "conversation_id",
+    "bridge_type",
+    "caller",
+    "status",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "resumed_count",
+    "end_reason",
+    "turns",
+    "function_calls",
+)
+
+
+def register(sub: Subparsers) -> None:
+    """`archive` and its `export` subcommand."""
+    parser = sub.add_parser(
+        "archive",
+        help="read the archive of finished calls",
+        description="Reads the configured archive sink: PostgreSQL at ARCHIVE_URL, or the "
+        "filesystem under ARCHIVE_DIR.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        parents=[json_option()],
+        help="write the records of calls ended in a time range as JSON lines or CSV",
+        description="Writes the archive records of calls ended at or after --since (and "
+        "before --until) to --output or stdout. Dates are " + DATE_FORMAT_HELP + ". "
+        "CSV columns: " + ", ".join(CSV_COLUMNS) + " (turns and function_calls are counts).",
+    )
+    export.add_argument(
+        "--since",
+        required=True,
+        type=parse_instant,
+        metavar="DATE",
+        help="first end time included",
+    )
+    export.add_argument(
+        "--until", type=parse_instant, metavar="DATE", help="end time excluded (default: no bound)"
+    )
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--output", "-o", metavar="FILE", help="write here (default: stdout)")
+    export.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw the progress bar even when stderr is not a terminal",
+    )
+    export.set_defaults(handler=run_export)
+
+
+def parse_instant(text: str) -> datetime:
+    """An argparse type: a date (midnight UTC) or an ISO datetime (naive means UTC)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {DATE_FORMAT_HELP}, got {text!r}") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def run_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the records in range, with a progress bar and a summary on stderr."""
+    since, until = args.since, args.until
+    if until is not None and until <= since:
+        print(
+            f"error: --until ({until.isoformat()}) must be after --since ({since.isoformat()})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    sink = build_sink(settings)
+    try:
+        total = sink.count_since(since, until)
+        bar = ProgressBar(total, sys.stderr, enabled=args.progress or _isatty(sys.stderr))
+        with _destination(args.output) as out:
+            written = write_records(out, args.format, _counted(sink, since, until, bar))
+        bar.close()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        sink.close()
+    _summary(args, written, sink.describe())
+    return EXIT_OK
+
+
+def write_records(out: TextIO, fmt: str, records: Iterator[ArchiveRecord]) -> int:
+    """Write records as JSON lines or CSV rows (with a header); how many were written."""
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            writer.writerow(csv_row(record))
+            count += 1
+    else:
+        for record in records:
+            out.write(json_line(record) + "\n")
+            count += 1
+    return count
+
+
+def csv_row(record: ArchiveRecord) -> dict[str, Any]:
+    """One record's CSV columns; the transcript and function calls as counts."""
+    return {
+        "conversation_id": record.conversation_id,
+        "bridge_type": record.bridge_type,
+        "caller": record.caller,
+        "status": record.status.value,
+        "started_at": record.started_at.isoformat(),
+        "ended_at": record.ended_at.isoformat(),
+        "duration_s": round(record.duration_s, 3),
+        "resumed_count": record.resumed_count,
+        "end_reason": record.end_reason or "",
+        "turns": len(record.transcript),
+        "function_calls": len(record.function_calls),
+    }
+
+
+def _counted(
+    sink: ArchiveSink, since: datetime, until: datetime | None, bar: ProgressBar
+) -> Iterator[ArchiveRecord]:
+    for record in sink.iter_since(since, until):
+        yield record
+        bar.advance()
+
+
+@contextlib.contextmanager
+def _destination(path: str | None) -> Iterator[TextIO]:
+    """stdout, or a file replaced only once the export is complete."""
+    if path is None or path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _summary(args: argparse.Namespace, written: int, source: str) -> None:
+    where = args.output if args.output not in (None, "-") else "stdout"
+    if args.json:
+        summary = {"records": written, "output": where, "format": args.format, "source": source}
+        print(json.dumps(summary), file=sys.stderr)
+    else:
+        print(f"{written} records written to {where} (from {source})", file=sys.stderr)
+
+
+def _isatty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
