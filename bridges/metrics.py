@@ -1,0 +1,105 @@
+"""Bridge metrics: counters, a relay-latency histogram, and their Prometheus text form."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sessions.statistics import percentile
+
+LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
+RECENT_SAMPLES = 4096
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative Prometheus buckets plus a window of recent samples for percentiles."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    total: int = 0
+    sum_ms: float = 0.0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_SAMPLES))
+
+    def observe(self, value_ms: float) -> None:
+        """Record one latency."""
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value_ms)] += 1
+        self.total += 1
+        self.sum_ms += value_ms
+        self.recent.append(value_ms)
+
+    def summary(self) -> dict[str, float | None]:
+        """p50/p99/max of the recent window, in ms."""
+        ordered = sorted(self.recent)
+        return {
+            "p50": percentile(ordered, 0.5),
+            "p99": percentile(ordered, 0.99),
+            "max": ordered[-1] if ordered else None,
+        }
+
+
+@dataclass
+class BridgeMetrics:
+    """What one bridge process counts; read by `/stats` and `/metrics`."""
+
+    counters: Counter[str] = field(default_factory=Counter)
+    relay_ms: dict[str, LatencyHistogram] = field(
+        default_factory=lambda: {"to_model": LatencyHistogram(), "to_caller": LatencyHistogram()}
+    )
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a counter (calls_started, frames_in, frames_out, resumes, errors, ...)."""
+        self.counters[name] += amount
+
+    def relayed(self, direction: str, elapsed_s: float) -> None:
+        """Record a frame relayed in `direction` (to_model or to_caller)."""
+        self.relay_ms[direction].observe(elapsed_s * 1000)
+
+    def snapshot(self, live_calls: int, persister: dict[str, Any]) -> dict[str, Any]:
+        """A JSON view for `/stats`."""
+        return {
+            "live_calls": live_calls,
+            "counters": dict(self.counters),
+            "relay_latency_ms": {k: h.summary() for k, h in self.relay_ms.items()},
+            "persister": persister,
+        }
+
+
+def prometheus_text(metrics: BridgeMetrics, live_calls: int, persister: dict[str, Any]) -> str:
+    """The Prometheus exposition text of the bridge's metrics."""
+    lines: list[str] = []
+    add = _writer(lines)
+    add("opus_bridge_live_calls", "gauge", "Calls connected to this bridge.", live_calls)
+    for name, value in sorted(metrics.counters.items()):
+        add(f"opus_bridge_{name}_total", "counter", f"Count of {name.replace('_', ' ')}.", value)
+    lines.append("# HELP opus_bridge_relay_latency_ms Frame in to frame forwarded, in ms.")
+    lines.append("# TYPE opus_bridge_relay_latency_ms histogram")
+    for direction, hist in metrics.relay_ms.items():
+        running = 0
+        for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], hist.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            labels = f'direction="{direction}",le="{le}"'
+            lines.append(f"opus_bridge_relay_latency_ms_bucket{{{labels}}} {running}")
+        lines.append(
+            f'opus_bridge_relay_latency_ms_sum{{direction="{direction}"}} {hist.sum_ms:.3f}'
+        )
+        lines.append(f'opus_bridge_relay_latency_ms_count{{direction="{direction}"}} {hist.total}')
+    for key in ("backlog", "dirty", "live_sessions", "publish_failures", "dropped"):
+        if isinstance(persister.get(key), int):
+            add(
+                f"opus_persister_{key}",
+                "gauge",
+                f"Persister {key.replace('_', ' ')}.",
+                persister[key],
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _writer(lines: list[str]) -> Callable[[str, str, str, float], None]:
+    def add(name: str, kind: str, help_text: str, value: float) -> None:
+        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"])
+
+    return add

@@ -1,0 +1,55 @@
+"""The transcript of a call: caller and bot turns, with timestamps, kept in the session state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sessions.clock import utc_now
+from sessions.state import SessionState
+
+
+class TranscriptManager:
+    """Adds turns to the state's conversation history and hands each change to `save`."""
+
+    def __init__(self, state: SessionState, save: Callable[[SessionState], None]) -> None:
+        self.state = state
+        self._save = save
+        self._seen_items: set[str] = {
+            str(item["item_id"]) for item in state.conversation_history if item.get("item_id")
+        }
+
+    def caller(self, text: str, item_id: str | None = None) -> dict[str, Any] | None:
+        """A caller turn (the model's transcription of the caller's speech)."""
+        return self._add("user", text, item_id)
+
+    def bot(self, text: str, item_id: str | None = None) -> dict[str, Any] | None:
+        """A bot turn (the transcript of what the model said)."""
+        return self._add("assistant", text, item_id)
+
+    def event(self, text: str) -> dict[str, Any] | None:
+        """Something the caller did that is not speech (a DTMF digit), as a caller turn."""
+        return self._add("user", text, None, kind="event")
+
+    @property
+    def turns(self) -> list[dict[str, Any]]:
+        """The turns so far (caller and bot), oldest first."""
+        return self.state.conversation_history
+
+    def _add(
+        self, role: str, text: str, item_id: str | None, kind: str = "speech"
+    ) -> dict[str, Any] | None:
+        if item_id is not None and item_id in self._seen_items:
+            return None  # a replayed or repeated event: the turn is already there
+        item: dict[str, Any] = {
+            "role": role,
+            "content": text,
+            "timestamp": utc_now().isoformat(),
+            "kind": kind,
+        }
+        if item_id is not None:
+            item["item_id"] = item_id
+            self._seen_items.add(item_id)
+        self.state.add_conversation_item(item)
+        self._save(self.state)
+        return item
