@@ -1,72 +1,242 @@
-"""`opus-sessions demo`: one scripted call through the session core, printed as a timeline."""
+"""`opus-sessions demo`: one scripted call through two bridge instances, printed as a timeline.
+
+It starts the realtime-model simulator and two bridge servers on free ports, plays a call
+(greeting, two caller turns, a function call, a DTMF digit), drops the WebSocket, resumes the
+call on the second instance, ends it and waits for its archive. On the embedded default
+everything runs in this process; with REDIS_URL set the same call runs against Redis and
+Celery workers (`--with-worker` starts one in this process).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
-from sessions.codec import Snapshot
-from sessions.factory import build_storage
-from sessions.service import SessionManagerService
+from bridges.clients import AudioCodesClient, Message, TwilioClient
+from bridges.hosting import hosted_bridge
+from bridges.runtime import BridgeRuntime
+from bridges.simulator import RealtimeSimulator
+from sessions.redis_ops import redact_url
 from sessions.settings import Settings
+from sessions.state import SessionState, SessionStatus
+
+AUDIO_TYPES = {"userStream.chunk", "playStream.chunk", "media"}
+ARCHIVE_TIMEOUT_S = 30.0
+
+
+class DemoFailed(RuntimeError):
+    """The scripted call did not go as expected; the message says where."""
 
 
 class Timeline:
-    """Prints numbered, timed steps."""
+    """Prints each step with its time; runs of audio frames are folded into one line."""
 
-    def __init__(self) -> None:
-        self._t0 = time.perf_counter()
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
         self.steps: list[dict[str, Any]] = []
+        self._t0 = time.perf_counter()
+        self._run: tuple[str, str, str] | None = None
+        self._run_count = 0
 
-    def say(self, actor: str, what: str, **details: Any) -> None:
+    def message(self, actor: str, direction: str, message: Message) -> None:
+        """A protocol message sent (->) or received (<-) by `actor`."""
+        kind = str(message.get("type") or message.get("event"))
+        if kind in AUDIO_TYPES:
+            key = (actor, direction, kind)
+            if self._run != key:
+                self._flush()
+                self._run = key
+            self._run_count += 1
+            return
+        self._flush()
+        self._emit(actor, f"{direction} {kind}", _details(message))
+
+    def note(self, actor: str, what: str, **details: Any) -> None:
+        """A step that is not a message."""
+        self._flush()
+        self._emit(actor, what, details)
+
+    def _flush(self) -> None:
+        if self._run is not None:
+            actor, direction, kind = self._run
+            self._emit(actor, f"{direction} {kind} x{self._run_count}", {"frames": "20 ms"}
+                       if kind != "playStream.chunk" else {})  # fmt: skip
+            self._run, self._run_count = None, 0
+
+    def _emit(self, actor: str, what: str, details: dict[str, Any]) -> None:
         elapsed_ms = (time.perf_counter() - self._t0) * 1000
         self.steps.append({"t_ms": round(elapsed_ms, 1), "actor": actor, "what": what, **details})
-        extra = "  " + ", ".join(f"{k}={v}" for k, v in details.items()) if details else ""
-        print(f"{elapsed_ms:8.1f} ms  {actor:<10} {what}{extra}", flush=True)
+        if not self.quiet:
+            extra = "  " + ", ".join(f"{k}={v}" for k, v in details.items()) if details else ""
+            print(f"{elapsed_ms:8.1f} ms  {actor:<9} {what}{extra}", flush=True)
 
 
-async def run_demo(settings: Settings) -> dict[str, Any]:
-    """Create, converse, drop, resume on a second instance, end; return what happened."""
-    out = Timeline()
-    storage = build_storage(settings)
-    first = SessionManagerService(storage, session_ttl_s=settings.session_ttl_s)
-    second = SessionManagerService(storage, session_ttl_s=settings.session_ttl_s)
-    await first.start()
+def _details(message: Message) -> dict[str, Any]:
+    skip = {"type", "event", "conversationId", "streamSid", "sequenceNumber", "audioChunk"}
+    details = {k: v for k, v in message.items() if k not in skip}
+    if "start" in details and isinstance(details["start"], dict):
+        details["start"] = {k: details["start"][k] for k in ("callSid",) if k in details["start"]}
+    return details
+
+
+@contextlib.contextmanager
+def in_process_worker(settings: Settings) -> Iterator[None]:
+    """A Celery worker consuming every queue, in threads of this process."""
+    from celery.contrib.testing.worker import start_worker
+
+    import celeryconfig
+    from workers.app import app
+
+    app.conf.update(celeryconfig.build(settings))
+    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False,
+                      queues=list(celeryconfig.QUEUES), loglevel="WARNING",
+                      shutdown_timeout=10):  # fmt: skip
+        yield
+
+
+@contextlib.asynccontextmanager
+async def two_bridges(settings: Settings, model_url: str) -> AsyncIterator[
+    tuple[tuple[str, str], BridgeRuntime]
+]:  # fmt: skip
+    """Two bridge instances: one shared runtime on the embedded default, two on Redis."""
+    first = BridgeRuntime.build(settings, realtime_url=model_url, schedule=False)
+    embedded = settings.storage_backend == "memory"
+    second = first if embedded else BridgeRuntime.build(settings, realtime_url=model_url)
+    async with (
+        hosted_bridge(first, owns_runtime=not embedded) as url_1,
+        hosted_bridge(second, owns_runtime=not embedded) as url_2,
+    ):
+        yield (url_1, url_2), second
+    if embedded:
+        await first.close()
+
+
+async def run_demo(settings: Settings, protocol: str = "audiocodes", with_worker: bool = False,
+                   quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Play the scripted call; return the timeline and what was stored and archived."""
+    out = Timeline(quiet)
+    worker = in_process_worker(settings) if with_worker else contextlib.nullcontext()
     cid = f"demo-{uuid.uuid4().hex[:8]}"
-    out.say("storage", f"{settings.storage_backend} backend", prefix=settings.session_prefix)
-    try:
-        state = await first.create_session(cid, caller="+15550100", status="active")
-        out.say("bridge-1", "session created", conversation_id=cid, epoch=state.epoch)
-        for role, text in [
-            ("assistant", "Hello, thanks for calling. How can I help?"),
-            ("user", "I'd like to check my balance."),
-        ]:
-            state.add_conversation_item({"role": role, "content": text})
-            out.say("bridge-1", f"{role} turn", text=text)
-        state.add_function_call({"name": "lookup_account", "arguments": {"id": "42"},
-                                 "result": {"balance": "12.50"}})  # fmt: skip
-        out.say("bridge-1", "function call", name="lookup_account")
-        await storage.save(Snapshot.of(state))
-        out.say("bridge-1", "snapshot saved", seq=state.seq)
-        out.say("bridge-1", "websocket dropped")
-        resumed = await second.resume_session(cid, max_age_seconds=settings.session_ttl_s)
-        assert resumed is not None, "resume refused"
-        out.say("bridge-2", "session resumed", epoch=resumed.epoch,
-                resumed_count=resumed.resumed_count, turns=len(resumed.conversation_history),
-                function_calls=len(resumed.function_calls))  # fmt: skip
-        state.add_conversation_item({"role": "assistant", "content": "late words"})
-        late = await storage.save(Snapshot.of(state))
-        out.say("bridge-1", "late snapshot from the old owner", accepted=late)
-        await second.end_session(cid, "caller hung up")
-        final = await second.get_session(cid)
-        assert final is not None
-        out.say("bridge-2", "session ended", status=final.status.value, reason=final.end_reason)
-        refused = await first.try_resume(cid)
-        out.say("bridge-1", "resume after end", outcome=refused.outcome.value)
-        stats = await first.get_session_stats()
-        out.say("service", "stats", status_counts=stats["status_counts"])
-        await storage.delete_session(cid)
-        return {"conversation_id": cid, "steps": out.steps}
-    finally:
-        await first.stop()
+    mode = (
+        "embedded default (memory storage, local executor)"
+        if settings.storage_backend == "memory"
+        else f"Redis storage, Celery broker {redact_url(settings.broker_url)}"
+    )
+    out.note("demo", f"{protocol} call {cid} on the {mode}")
+    with worker:
+        async with RealtimeSimulator() as sim:
+            out.note("model", "realtime simulator listening", url=sim.url)
+            async with two_bridges(settings, sim.url) as ((url_1, url_2), runtime):
+                out.note("bridges", "two bridge instances up", first=url_1, second=url_2)
+                play = _play_audiocodes if protocol == "audiocodes" else _play_twilio
+                await play(out, cid, url_1, url_2, sim)
+                state = await _wait_archived(runtime, cid, settings)
+                location = _archive_location(settings, cid)
+                out.note("archive", "call archived", location=location)
+    return {"conversation_id": cid, "protocol": protocol, "archive": location,
+            "turns": len(state.conversation_history), "resumed_count": state.resumed_count,
+            "end_reason": state.end_reason, "steps": out.steps}  # fmt: skip
+
+
+async def _play_audiocodes(out: Timeline, cid: str, url_1: str, url_2: str,
+                           sim: RealtimeSimulator) -> None:  # fmt: skip
+    caller = AudioCodesClient(url_1, cid, observer=lambda d, m: out.message("vaic", d, m))
+    await caller.connect()
+    if (await caller.initiate())["type"] != "session.accepted":
+        raise DemoFailed(f"session.initiate was refused: {caller.received[-1]}")
+    await caller.expect("playStream.stop")
+    for digits in ("123", "9123"):
+        await caller.say(digits)
+        await caller.expect("playStream.stop")
+    await caller.dtmf("5")
+    await caller.close()
+    out.note("vaic", "websocket dropped mid-call; reconnecting to the second instance")
+    again = AudioCodesClient(url_2, cid, observer=lambda d, m: out.message("vaic", d, m))
+    await again.connect()
+    if (await again.resume())["type"] != "session.accepted":
+        raise DemoFailed(f"session.resume was refused: {again.received[-1]}")
+    _note_replay(out, sim)
+    await again.say("45")
+    await again.expect("playStream.stop")
+    await again.hangup()
+    await again.closed()
+
+
+async def _play_twilio(out: Timeline, cid: str, url_1: str, url_2: str,
+                       sim: RealtimeSimulator) -> None:  # fmt: skip
+    stream = TwilioClient(url_1, cid, "MZ" + uuid.uuid4().hex,
+                          observer=lambda d, m: out.message("twilio", d, m))  # fmt: skip
+    await stream.connect()
+    await stream.start({"caller": "+15550100"})
+    await stream.expect("mark")
+    for digits in ("123", "9123"):
+        await stream.say(digits)
+        await stream.expect("mark")
+    await stream.dtmf("5")
+    await stream.close()
+    out.note(
+        "twilio", "stream dropped mid-call; a new <Connect><Stream> reaches the second instance"
+    )
+    again = TwilioClient(url_2, cid, "MZ" + uuid.uuid4().hex,
+                         observer=lambda d, m: out.message("twilio", d, m))  # fmt: skip
+    await again.connect()
+    await again.start({"caller": "+15550100"})
+    await sim.wait_for(lambda s: len(s.connections) >= 2 and bool(s.connections[-1].items))
+    _note_replay(out, sim)
+    await again.say("45")
+    await again.expect("mark")
+    await again.stop()
+    await again.closed()
+
+
+def _note_replay(out: Timeline, sim: RealtimeSimulator) -> None:
+    items = [e["item"] for e in sim.connections[-1].received
+             if e.get("type") == "conversation.item.create"]  # fmt: skip
+    kinds = [f"{i.get('role', i.get('type'))}" for i in items]
+    out.note("bridge-2", "resumed: history replayed into a new model session",
+             items=len(items), kinds=",".join(kinds), greeting="not replayed")  # fmt: skip
+
+
+async def _wait_archived(runtime: BridgeRuntime, cid: str, settings: Settings) -> SessionState:
+    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
+    while True:
+        await runtime.settle()
+        state = await runtime.storage.load(cid)
+        if state is not None and state.status is SessionStatus.ENDED and _archived(settings, cid):
+            return state
+        if time.monotonic() > deadline:
+            raise DemoFailed(
+                f"call {cid} not archived within {ARCHIVE_TIMEOUT_S:.0f} s; is a worker running? "
+                "(`celery -A workers.app worker`, or `opus-sessions demo --with-worker`)"
+            )
+        await asyncio.sleep(0.05)  # the archive is written by another thread or process
+
+
+def _archived(settings: Settings, cid: str) -> bool:
+    if settings.archive_url:
+        from sessions.factory import build_sink
+
+        sink = build_sink(settings)
+        try:
+            return any(r.conversation_id == cid for r in sink.iter_since(_today()))
+        finally:
+            sink.close()
+    return any(Path(settings.archive_dir).rglob(f"{cid}.json"))
+
+
+def _today() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _archive_location(settings: Settings, cid: str) -> str:
+    if settings.archive_url:
+        return f"table {settings.archive_table}, conversation_id={cid}"
+    found = next(Path(settings.archive_dir).rglob(f"{cid}.json"), None)
+    return str(found) if found else "?"

@@ -44,28 +44,87 @@ __all__ = [
 
 
 def register_demo(sub: Subparsers) -> None:
-    """`demo`: one scripted call through the session core."""
+    """`demo`: one scripted call through two bridge instances."""
     parser = sub.add_parser(
         "demo",
-        help="run one scripted call through create, resume on a second instance, and end",
-        description="Runs a scripted call on the configured storage (memory by default) "
-        "and prints its timeline.",
+        help="run a scripted call: greeting, turns, a function call, DTMF, a drop, a resume on "
+        "a second bridge instance, the end and the archive",
+        description="Starts the realtime simulator and two bridge servers, plays one call and "
+        "prints its timeline. Needs no Redis (embedded default); with REDIS_URL set it runs on "
+        "Redis and Celery workers.",
     )
+    parser.add_argument("--protocol", choices=["audiocodes", "twilio"], default="audiocodes",
+                        help="telephony protocol of the call (default: audiocodes)")  # fmt: skip
+    parser.add_argument("--with-worker", action="store_true",
+                        help="with REDIS_URL: start a Celery worker in this process")  # fmt: skip
     parser.set_defaults(handler=run_demo)
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo; with --json, print what happened."""
+    from cli.demo import DemoFailed
     from cli.demo import run_demo as demo
 
-    result = asyncio.run(demo(settings))
+    try:
+        result = asyncio.run(demo(settings, args.protocol, args.with_worker, quiet=args.json))
+    except DemoFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(result, indent=2, default=str))
+    else:
+        print(f"\ncall {result['conversation_id']}: {result['turns']} turns, resumed "
+              f"{result['resumed_count']}x, ended ({result['end_reason']}), archived at "
+              f"{result['archive']}")  # fmt: skip
+    return EXIT_OK
+
+
+def register_serve(sub: Subparsers) -> None:
+    """`serve`: the bridge server."""
+    parser = sub.add_parser(
+        "serve",
+        help="run the bridge server (/ws/audiocodes, /ws/twilio, /health, /stats, /metrics)",
+        description="Serves the AudioCodes and Twilio bridges with uvicorn until interrupted; "
+        "on shutdown live calls are saved PAUSED so they resume on another instance.",
+    )
+    parser.add_argument("--host", help="listen address (default: BRIDGE_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (default: BRIDGE_PORT)")
+    parser.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until interrupted."""
+    from bridges.server import serve
+
+    serve(settings, args.host, args.port)
+    return EXIT_OK
+
+
+def register_simulator(sub: Subparsers) -> None:
+    """`simulator`: the local realtime-model simulator."""
+    parser = sub.add_parser(
+        "simulator",
+        help="run the local realtime-model simulator (OpenAI Realtime protocol subset)",
+        description="Serves a deterministic realtime model on ws://HOST:PORT/v1/realtime; "
+        "point OPENAI_REALTIME_URL at it to run bridges without the internet.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address")
+    parser.add_argument("--port", type=int, default=8765, help="listen port (0: any free port)")
+    parser.set_defaults(handler=run_simulator)
+
+
+def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the simulator until interrupted."""
+    from bridges.simulator import run_simulator as simulate
+
+    asyncio.run(simulate(args.host, args.port))
     return EXIT_OK
 
 
 REGISTRATIONS: tuple[Callable[[Subparsers], None], ...] = (
     register_demo,
+    register_serve,
+    register_simulator,
     sessions_cmd.register,
     stats_cmd.register,
     export_cmd.register,

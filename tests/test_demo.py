@@ -1,0 +1,107 @@
+"""The demo, `serve` and `simulator` commands, run as the user runs them: subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from websockets.sync.client import connect
+
+from tests.conftest import wait_for
+from tests.services import delete_prefix, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("REDIS_", "SESSION_", "CELERY_", "ARCHIVE_", "PYTEST")
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(OURS)}
+
+
+def cli(
+    *args: str, env: dict[str, str], timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=BASE_ENV | env,
+                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+
+
+def test_the_demo_on_the_embedded_default_prints_the_resume_and_the_archive(tmp_path: Path) -> None:
+    done = cli("demo", env={"ARCHIVE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "embedded default" in out
+    assert "-> session.initiate" in out and "<- session.accepted" in out
+    assert "websocket dropped mid-call" in out and "-> session.resume" in out
+    assert "<- session.resumed" in out and "greeting=not replayed" in out
+    assert "kinds=system,assistant,user,assistant,user,function_call,function_call_output" in out
+    assert "call archived" in out and str(tmp_path) in out
+    archived = list(tmp_path.rglob("demo-*.json"))
+    assert len(archived) == 1
+    record = json.loads(archived[0].read_text())
+    assert record["resumed_count"] == 1 and record["end_reason"] == "caller hung up"
+
+
+def test_the_demo_runs_on_redis_with_an_in_process_worker(
+    redis_url: str, key_prefix: str, tmp_path: Path
+) -> None:
+    queue_prefix = key_prefix.rstrip(":") + "-q:"
+    env = {"REDIS_URL": redis_url, "SESSION_PREFIX": key_prefix,
+           "CELERY_KEY_PREFIX": queue_prefix, "ARCHIVE_DIR": str(tmp_path)}  # fmt: skip
+    try:
+        done = cli("--json", "demo", "--with-worker", env=env)
+    finally:
+        delete_prefix(redis_url, queue_prefix)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["resumed_count"] == 1 and result["turns"] == 8
+    assert Path(result["archive"]).is_file()
+
+
+@contextmanager
+def running(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT,
+                            env=BASE_ENV | env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+
+
+def test_serve_answers_health_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    with running("serve", "--port", str(port), env={"ARCHIVE_DIR": str(tmp_path)}) as proc:
+        url = f"http://127.0.0.1:{port}/health"
+        wait_for(lambda: _answers(url) or proc.poll() is not None, timeout_s=30)
+        health = httpx.get(url).json()
+        assert health["ok"] and health["storage"]["backend"] == "memory"
+    assert proc.returncode == 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_the_simulator_command_serves_the_realtime_protocol() -> None:
+    port = free_port()
+    with running("simulator", "--port", str(port), env={}):
+        url = f"ws://127.0.0.1:{port}/v1/realtime"
+        wait_for(lambda: _ws_answers(url), timeout_s=30)
+        with connect(url) as ws:
+            assert json.loads(ws.recv())["type"] == "session.created"
+
+
+def _ws_answers(url: str) -> bool:
+    try:
+        with connect(url, open_timeout=1):
+            return True
+    except OSError:
+        return False
