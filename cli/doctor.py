@@ -133,7 +133,7 @@ def check_broker(settings: Settings, _: dict[str, Check]) -> tuple[bool, str]:
     url = redact_url(settings.broker_url)
     options = {"socket_timeout": IO_TIMEOUT_S, "socket_connect_timeout": IO_TIMEOUT_S}
     try:
-        conn: Any = Connection(  # type: ignore[no-untyped-call]
+        conn: Any = Connection(
             settings.broker_url, connect_timeout=IO_TIMEOUT_S, transport_options=options
         )
         with conn:
