@@ -8,11 +8,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kombu import Connection
-
 from bridges.functions import FunctionRegistry, default_registry
 from bridges.metrics import BridgeMetrics
-from bridges.persistence import Persistence, build_persistence
+from bridges.persistence import Persistence, build_persistence, ping_broker
 from bridges.persister import SessionPersister
 from bridges.realtime import RealtimeConfig
 from sessions.factory import build_storage
@@ -123,12 +121,9 @@ class BridgeRuntime:
             return {"ok": True, "dispatch": "local executor (embedded default)"}
         url = self.settings.broker_url
         try:
-            await asyncio.wait_for(asyncio.to_thread(_ping_broker, url), HEALTH_TIMEOUT_S + 1)
+            await asyncio.wait_for(
+                asyncio.to_thread(ping_broker, url, HEALTH_TIMEOUT_S), HEALTH_TIMEOUT_S + 1
+            )
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             return {"ok": False, "broker": redact_url(url), "error": str(exc)}
         return {"ok": True, "broker": redact_url(url)}
-
-
-def _ping_broker(url: str) -> None:
-    with Connection(url, connect_timeout=HEALTH_TIMEOUT_S) as conn:
-        conn.ensure_connection(max_retries=1, timeout=HEALTH_TIMEOUT_S)

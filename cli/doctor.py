@@ -127,17 +127,13 @@ def check_broker(settings: Settings, _: dict[str, Check]) -> tuple[bool, str]:
     """The Celery broker accepts a connection."""
     if settings.storage_backend == "memory":
         return True, EMBEDDED
-    from kombu.connection import Connection
     from kombu.exceptions import OperationalError
 
+    from bridges.persistence import ping_broker
+
     url = redact_url(settings.broker_url)
-    options = {"socket_timeout": IO_TIMEOUT_S, "socket_connect_timeout": IO_TIMEOUT_S}
     try:
-        conn: Any = Connection(
-            settings.broker_url, connect_timeout=IO_TIMEOUT_S, transport_options=options
-        )
-        with conn:
-            conn.ensure_connection(max_retries=1, interval_start=0, timeout=IO_TIMEOUT_S)
+        ping_broker(settings.broker_url, IO_TIMEOUT_S)
     except (OperationalError, OSError) as exc:
         return False, f"broker at {url} is unreachable: {one_line(exc)}. {NO_BROKER_HINT}"
     prefix = f", key prefix {settings.celery_key_prefix}" if settings.celery_key_prefix else ""
