@@ -314,3 +314,41 @@ async def test_concurrent_calls_do_not_share_state(embedded: tuple[str, BridgeRu
 
 async def _async_true(value: bool) -> bool:
     return value
+
+
+async def test_local_vad_detects_turns_when_the_model_does_not(
+    sim: RealtimeSimulator, tmp_path: Path
+) -> None:
+    settings = Settings(archive_dir=str(tmp_path), vad_mode="local")
+    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
+    async with hosted_bridge(runtime) as url:
+        client = AudioCodesClient(url, "local-vad")
+        await client.connect()
+        await client.initiate()
+        await client.expect("playStream.stop")
+        await client.say("31")
+        await client.expect(lambda m: m.get("type") == "playStream.start" and m["streamId"] == "2")
+        received = sim.connections[-1].received
+        state = runtime.calls["local-vad"].state
+    assert sim.connections[-1].config["turn_detection"] is None
+    assert "input_audio_buffer.commit" in [e["type"] for e in received]
+    assert state is not None and state.conversation_history[1]["content"] == "31"
+
+
+async def test_a_call_survives_the_model_ending_its_session(
+    embedded: tuple[str, BridgeRuntime], sim: RealtimeSimulator
+) -> None:
+    url, runtime = embedded
+    client = AudioCodesClient(url, "long-call")
+    await client.connect()
+    await client.initiate()
+    await client.expect("playStream.stop")
+    await client.say("12")
+    await client.expect("playStream.stop")
+    await sim.drop_connections()  # the model's 60-minute limit, early
+    await sim.wait_for(lambda s: len(s.connections) == 2 and len(s.connections[1].items) >= 3)
+    await client.say("34")
+    await client.expect(lambda m: m.get("type") == "playStream.start" and m["streamId"] == "3")
+    replayed = [json.dumps(item) for item in sim.connections[1].items]
+    assert any('"12"' in item for item in replayed)
+    assert runtime.metrics.counters["model_reconnects"] == 1
