@@ -199,7 +199,7 @@ def _note_replay(out: Timeline, sim: RealtimeSimulator) -> None:
              if e.get("type") == "conversation.item.create"]  # fmt: skip
     kinds = [f"{i.get('role', i.get('type'))}" for i in items]
     out.note("bridge-2", "resumed: history replayed into a new model session",
-             items=len(items), kinds=",".join(kinds), greeting="not replayed")  # fmt: skip
+             items=len(items), kinds=",".join(kinds), greeting="not repeated")  # fmt: skip
 
 
 async def _wait_archived(runtime: BridgeRuntime, cid: str, settings: Settings) -> SessionState:

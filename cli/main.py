@@ -19,6 +19,7 @@ from cli.output import (
     EXIT_UNAVAILABLE,
     NO_ARCHIVE_HINT,
     NO_REDIS_HINT,
+    json_option,
 )
 from sessions.archive import ArchiveUnavailable
 from sessions.errors import (
@@ -47,6 +48,7 @@ def register_demo(sub: Subparsers) -> None:
     """`demo`: one scripted call through two bridge instances."""
     parser = sub.add_parser(
         "demo",
+        parents=[json_option()],
         help="run a scripted call: greeting, turns, a function call, DTMF, a drop, a resume on "
         "a second bridge instance, the end and the archive",
         description="Starts the realtime simulator and two bridge servers, plays one call and "

@@ -100,6 +100,17 @@ class Settings(BaseSettings):
         validation_alias="ARCHIVE_TABLE",
     )
 
+    @field_validator(
+        "redis_password",
+        "audiocodes_bot_token",
+        "twilio_auth_token",
+        "openai_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:

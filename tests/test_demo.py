@@ -36,7 +36,7 @@ def test_the_demo_on_the_embedded_default_prints_the_resume_and_the_archive(tmp_
     assert "embedded default" in out
     assert "-> session.initiate" in out and "<- session.accepted" in out
     assert "websocket dropped mid-call" in out and "-> session.resume" in out
-    assert "<- session.resumed" in out and "greeting=not replayed" in out
+    assert "<- session.resumed" in out and "greeting=not repeated" in out
     assert "kinds=system,assistant,user,assistant,user,function_call,function_call_output" in out
     assert "call archived" in out and str(tmp_path) in out
     archived = list(tmp_path.rglob("demo-*.json"))

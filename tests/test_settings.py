@@ -81,3 +81,10 @@ def test_invalid_values_fail_at_start_up_naming_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         load_settings()
+
+
+def test_an_empty_secret_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIOCODES_BOT_TOKEN", "")
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    settings = load_settings()
+    assert settings.audiocodes_bot_token is None and settings.openai_api_key is None
