@@ -179,6 +179,7 @@ class TwilioClient(ProtocolClient):
         self.sequence = 0
         self.chunk = 0
         self.started_s = time.monotonic()
+        self.echoed_marks = 0
 
     def _next(self) -> str:
         self.sequence += 1
@@ -227,3 +228,15 @@ class TwilioClient(ProtocolClient):
         stop = {"accountSid": "AC" + "0" * 32, "callSid": self.call_sid}
         await self.send_json({"event": "stop", "streamSid": self.stream_sid,
                               "sequenceNumber": self._next(), "stop": stop})  # fmt: skip
+
+    async def echo_marks(self) -> list[str]:
+        """Echo every received mark not echoed yet (as Twilio does once the audio has played)."""
+        names = [m["mark"]["name"] for m in self.of_type("mark")[self.echoed_marks :]]
+        for name in names:
+            await self.mark(name)
+        self.echoed_marks += len(names)
+        return names
+
+    def audio_frames(self) -> list[bytes]:
+        """The decoded payload of every received `media` message, in order."""
+        return [base64.b64decode(m["media"]["payload"]) for m in self.of_type("media")]
