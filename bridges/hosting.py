@@ -31,7 +31,7 @@ async def hosted_bridge(
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        ws_max_size=runtime.settings.max_frame_bytes,
+        ws_max_size=2 * runtime.settings.max_frame_bytes,  # past this uvicorn closes (1009)
         lifespan="on",
     )
     server = uvicorn.Server(config)

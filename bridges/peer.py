@@ -73,8 +73,8 @@ class Peer:
         """Close the socket if it is still open."""
         if self.websocket.application_state is WebSocketState.CONNECTED:
             try:
-                await self.websocket.close(code, reason[:120])
-            except RuntimeError:
+                await self.websocket.close(code, reason.encode()[:120].decode(errors="ignore"))
+            except (RuntimeError, WebSocketDisconnect):
                 return
 
 
@@ -99,8 +99,8 @@ def validate(model: type[Model], data: dict[str, Any]) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError(f"invalid {data.get('type') or data.get('event')}: "
-                            f"{describe_validation_error(exc)}") from None  # fmt: skip
+        kind = data.get("type") or data.get("event")
+        raise ProtocolError(describe_validation_error(exc, f"invalid {kind}")) from None
 
 
 def decode_audio(payload: str) -> bytes:

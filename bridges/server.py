@@ -107,7 +107,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         app,
         host=host or settings.bridge_host,
         port=port if port is not None else settings.bridge_port,
-        ws_max_size=settings.max_frame_bytes,
+        ws_max_size=2 * settings.max_frame_bytes,  # past this uvicorn closes (1009)
         log_level="info",
         timeout_graceful_shutdown=int(SHUTDOWN_DRAIN_S) + 5,
     )

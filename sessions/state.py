@@ -173,13 +173,13 @@ class SessionState(BaseModel):
             raise SessionEnded(f"session {self.conversation_id!r} has ended; cannot {action}")
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, prefix: str = "invalid session data") -> str:
     """One line naming each invalid field and what was wrong with it."""
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "<root>"
         parts.append(f"{field}: {err['msg']}")
-    return "invalid session data: " + "; ".join(parts)
+    return f"{prefix}: " + "; ".join(parts)
 
 
 def _upgrade(data: dict[str, Any]) -> dict[str, Any]:

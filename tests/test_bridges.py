@@ -251,6 +251,8 @@ async def test_bad_audio_and_oversize_frames_are_refused(
     await client.send("userStream.chunk", audioChunk="not base64!!")
     assert "base64" in (await client.expect("session.error"))["reason"]
     await client.send("userStream.chunk", audioChunk="A" * 5000)  # past MAX_FRAME_BYTES
+    assert "exceeds 4096" in (await client.expect("session.error"))["reason"]
+    await client.send("userStream.chunk", audioChunk="A" * 9000)  # past twice the limit
     assert await client.closed() == 1009
 
 

@@ -304,7 +304,9 @@ BAD_INPUT = [
      IGNORED, ""),
     ("mark never sent", True, event("mark", mark={"name": "nope"}), IGNORED, ""),
     ("second start", True, json.dumps(START), IGNORED, ""),
-    ("oversize frame", True, event("media", media={"payload": "A" * 5000}), 1009, ""),
+    ("oversize frame", True, event("media", media={"payload": "A" * 5000}), IGNORED, ""),
+    ("frame past twice the limit", True, event("media", media={"payload": "A" * 9000}), 1009,
+     ""),
 ]  # fmt: skip
 
 
