@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridges.audio import MediaFormat, negotiate
-from bridges.base import BaseBridge, Playback, ResumeRefused
+from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
 from bridges.errors import ModelUnavailable, ProtocolError, UnsupportedMediaFormat
 from bridges.peer import CLOSE_NORMAL, Incoming, Peer, decode_audio, encode_audio, validate
 from bridges.runtime import BridgeRuntime
@@ -17,8 +17,6 @@ from sessions.errors import InvalidConversationId, SessionLimitReached
 from sessions.keys import check_conversation_id
 
 log = logging.getLogger(__name__)
-
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class Message(BaseModel):

@@ -27,6 +27,7 @@ from sessions.service import RESUME_REFUSALS
 from sessions.state import SessionState, SessionStatus
 
 log = logging.getLogger(__name__)
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 class ResumeRefused(ProtocolError):

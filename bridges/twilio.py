@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from twilio.request_validator import RequestValidator
 
 from bridges.audio import MULAW_SILENCE, MediaFormat, media_format_from_twilio
-from bridges.base import BaseBridge, Playback, ResumeRefused
+from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
 from bridges.errors import ProtocolError, UnsupportedMediaFormat
 from bridges.peer import (
     CLOSE_ERROR,
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_FORMAT: MediaFormat = "raw/mulaw"
 FRAME_BYTES = 160  # 20 ms of µ-law at 8 kHz
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 MAX_PROTOCOL_ERRORS = 20
 DETACHED = "stream detached; the call can resume"
 REPLACED = "replaced by a newer stream for this call"
