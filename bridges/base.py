@@ -204,8 +204,8 @@ class BaseBridge(ABC):
         await self._model().send({"type": "conversation.item.create", "item": item})
 
     async def on_model_event(self, event: dict[str, Any]) -> None:
-        """Handle one server event of the realtime model."""
-        received_s = time.perf_counter()
+        """Handle one server event of the realtime model (timed from its arrival)."""
+        received_s = self.model.event_received_s if self.model else time.perf_counter()
         kind = event.get("type")
         handler = _HANDLERS.get(str(kind))
         if handler is not None:
@@ -245,12 +245,12 @@ class BaseBridge(ABC):
             self.runtime.metrics.count("errors")
             return
         item_id = str(event.get("item_id", ""))
-        if self.playback is None or self.playback.item_id != item_id:
-            self.playback = Playback(item_id, event.get("response_id"))
-            await self.on_playback_started(self.playback)
-        out = self.converter.from_model(audio)
-        await self.send_audio(out)
-        self.playback.sent_ms += len(audio) * 1000 / _bytes_per_s(self.model_audio_format)
+        playback = self.playback
+        if playback is None or playback.item_id != item_id:
+            playback = self.playback = Playback(item_id, event.get("response_id"))
+            await self.on_playback_started(playback)
+        playback.sent_ms += len(audio) * 1000 / _bytes_per_s(self.model_audio_format)
+        await self.send_audio(self.converter.from_model(audio))
         self.runtime.metrics.relayed("to_caller", time.perf_counter() - received_s)
         self.runtime.metrics.count("frames_out")
 

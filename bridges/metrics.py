@@ -10,7 +10,7 @@ from typing import Any
 
 from sessions.statistics import percentile
 
-LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0)
+LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 RECENT_SAMPLES = 4096
 
 
@@ -48,6 +48,7 @@ class BridgeMetrics:
     relay_ms: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {"to_model": LatencyHistogram(), "to_caller": LatencyHistogram()}
     )
+    loop_lag_ms: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter (calls_started, frames_in, frames_out, resumes, errors, ...)."""
@@ -63,6 +64,7 @@ class BridgeMetrics:
             "live_calls": live_calls,
             "counters": dict(self.counters),
             "relay_latency_ms": {k: h.summary() for k, h in self.relay_ms.items()},
+            "event_loop_lag_ms": self.loop_lag_ms.summary(),
             "persister": persister,
         }
 
@@ -74,19 +76,12 @@ def prometheus_text(metrics: BridgeMetrics, live_calls: int, persister: dict[str
     add("opus_bridge_live_calls", "gauge", "Calls connected to this bridge.", live_calls)
     for name, value in sorted(metrics.counters.items()):
         add(f"opus_bridge_{name}_total", "counter", f"Count of {name.replace('_', ' ')}.", value)
-    lines.append("# HELP opus_bridge_relay_latency_ms Frame in to frame forwarded, in ms.")
-    lines.append("# TYPE opus_bridge_relay_latency_ms histogram")
-    for direction, hist in metrics.relay_ms.items():
-        running = 0
-        for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], hist.counts, strict=True):
-            running += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            labels = f'direction="{direction}",le="{le}"'
-            lines.append(f"opus_bridge_relay_latency_ms_bucket{{{labels}}} {running}")
-        lines.append(
-            f'opus_bridge_relay_latency_ms_sum{{direction="{direction}"}} {hist.sum_ms:.3f}'
-        )
-        lines.append(f'opus_bridge_relay_latency_ms_count{{direction="{direction}"}} {hist.total}')
+    _histogram(lines, "opus_bridge_relay_latency_ms",
+               "Frame in (or model event arrived) to frame forwarded, in ms.",
+               {f'direction="{d}"': h for d, h in metrics.relay_ms.items()})  # fmt: skip
+    _histogram(lines, "opus_bridge_event_loop_lag_ms",
+               "How late a 20 ms timer on the bridge's event loop fires, in ms.",
+               {"": metrics.loop_lag_ms})  # fmt: skip
     for key in ("backlog", "dirty", "live_sessions", "publish_failures", "dropped"):
         if isinstance(persister.get(key), int):
             add(
@@ -96,6 +91,22 @@ def prometheus_text(metrics: BridgeMetrics, live_calls: int, persister: dict[str
                 persister[key],
             )
     return "\n".join(lines) + "\n"
+
+
+def _histogram(
+    lines: list[str], name: str, help_text: str, series: dict[str, LatencyHistogram]
+) -> None:
+    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for label, hist in series.items():
+        prefix = f"{label}," if label else ""
+        running = 0
+        for bound, count in zip([*LATENCY_BUCKETS_MS, float("inf")], hist.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f'{name}_bucket{{{prefix}le="{le}"}} {running}')
+        labels = f"{{{label}}}" if label else ""
+        lines.append(f"{name}_sum{labels} {hist.sum_ms:.3f}")
+        lines.append(f"{name}_count{labels} {hist.total}")
 
 
 def _writer(lines: list[str]) -> Callable[[str, str, str, float], None]:

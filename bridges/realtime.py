@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -206,7 +207,8 @@ class RealtimeClient:
         self._ws: ClientConnection | None = None
         self._ready = asyncio.Event()
         self._send_lock = asyncio.Lock()
-        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[dict[str, Any], float]] = asyncio.Queue()
+        self.event_received_s = 0.0  # when the event being handled arrived (perf_counter)
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._failure: str | None = None
@@ -332,9 +334,10 @@ class RealtimeClient:
             ws = self._ws
             with contextlib.suppress(ConnectionClosed):
                 async for raw in ws:
+                    received_s = time.perf_counter()
                     event = _parse(raw)
                     if event is not None:
-                        self._deliver(event)
+                        self._deliver(event, received_s)
             if self._closing or not await self._reconnect(ws):
                 return
 
@@ -378,14 +381,14 @@ class RealtimeClient:
             await ws.send(json.dumps(item))
         return len(items)
 
-    def _deliver(self, event: dict[str, Any]) -> None:
-        """Queue one event for `on_event`."""
-        self._events.put_nowait(event)
+    def _deliver(self, event: dict[str, Any], received_s: float | None = None) -> None:
+        """Queue one event for `on_event`, with the time it arrived."""
+        self._events.put_nowait((event, received_s or time.perf_counter()))
 
     async def _dispatch(self) -> None:
         """Hand queued events to `on_event` in order; its failures are logged, never fatal."""
         while True:
-            event = await self._events.get()
+            event, self.event_received_s = await self._events.get()
             try:
                 await self._on_event(event)
             except Exception:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 2.0
+LAG_TICK_S = 0.02
 
 
 @dataclass
@@ -40,6 +41,7 @@ class BridgeRuntime:
     realtime_url: str | None = None
     calls: dict[str, BaseBridge] = field(default_factory=dict)
     started: bool = False
+    _lag_watch: asyncio.Task[None] | None = None
 
     @classmethod
     def build(
@@ -79,12 +81,15 @@ class BridgeRuntime:
         self.started = True
         await self.storage.start()
         self.persistence.start()
+        self._lag_watch = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Drain the persister, then release the storage."""
         if not self.started:
             return
         self.started = False
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
         report = await self.persistence.aclose(timeout_s)
         if not report.drained:
             log.error("bridge closed with %d sessions unsent", len(report.unsent))
@@ -108,6 +113,14 @@ class BridgeRuntime:
         """Live numbers of this process, for `/stats`."""
         persister = vars(self.persister.metrics())
         return self.metrics.snapshot(len(self.calls), persister) | {"instance": self.instance_id}
+
+    async def _watch_loop_lag(self) -> None:
+        """Record how late a LAG_TICK_S timer fires: the queueing every frame waits through."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_TICK_S
+            await asyncio.sleep(LAG_TICK_S)
+            self.metrics.loop_lag_ms.observe(max(0.0, loop.time() - due) * 1000)
 
     async def _check_storage(self) -> dict[str, Any]:
         try:

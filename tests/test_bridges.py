@@ -273,11 +273,12 @@ async def test_a_wrong_bearer_token_is_refused_with_401_before_accept(
 async def test_health_stats_and_metrics_report_the_process(
     embedded: tuple[str, BridgeRuntime],
 ) -> None:
-    url, _ = embedded
+    url, runtime = embedded
     client = AudioCodesClient(url, "c1")
     await client.connect()
     await client.initiate()
     await client.expect("playStream.stop")
+    await wait_until(lambda: _async_true(runtime.metrics.loop_lag_ms.total > 0))
     http = url.replace("ws://", "http://")
     async with httpx.AsyncClient() as web:
         health = (await web.get(f"{http}/health")).json()
@@ -287,6 +288,8 @@ async def test_health_stats_and_metrics_report_the_process(
     assert stats["live_calls"] == 1 and stats["counters"]["frames_out"] > 0
     assert "opus_bridge_live_calls 1" in metrics
     assert 'opus_bridge_relay_latency_ms_bucket{direction="to_caller",le="+Inf"}' in metrics
+    assert 'opus_bridge_event_loop_lag_ms_bucket{le="+Inf"}' in metrics
+    assert stats["event_loop_lag_ms"]["max"] is not None
 
 
 async def test_health_is_red_when_redis_is_unreachable(sim: RealtimeSimulator) -> None:

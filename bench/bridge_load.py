@@ -1,0 +1,386 @@
+"""Bridge load benchmark: relay latency of N concurrent real-time AudioCodes calls per process.
+
+Run from the repository root: `python -m bench.bridge_load [--quick] [--json]`.
+
+One bridge server (uvicorn) and the realtime-model simulator (paced 20 ms bot deltas) run in
+their own subprocesses; the N AudioCodes clients run here, each streaming raw/lpcm16 20 ms
+frames at real time: digit utterances and silence, so the simulator's VAD takes turns and
+the bot reads the digits back. For every frame of the measured window the bridge process
+keeps two latencies: relay, the bridge's own metric (its code gets the message -> send
+done), and send, from the sender's send time (carried in the message; one monotonic clock
+on the host) to send done, which also counts time queued in the server and event loop.
+Persistence "on": Redis storage + Celery persister + one worker, keys under a private
+`bench:load:<run>:` prefix deleted at the end; "off": memory storage, no persister work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from base64 import b64encode
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from websockets.version import version as websockets_version
+
+from bridges.audio import MediaFormat, silence
+from bridges.clients import AudioCodesClient
+from bridges.speech import speech_frames
+from sessions.settings import Settings
+from tests.services import delete_prefix, free_port
+from tests.workers import ROOT, broker_app, stop, wait_for_ping, worker_env
+
+try:
+    import psutil  # type: ignore[import-untyped]
+except ImportError:
+    psutil = None
+try:
+    import uvloop
+except ImportError:
+    uvloop = None  # type: ignore[assignment]
+LOOP = None if uvloop is None else uvloop.new_event_loop
+
+FORMAT: MediaFormat = "raw/lpcm16"
+GREETING_MS = 600
+RAMP_S, WARMUP_S = 1.0, 2.0
+LIMIT_MS = 20.0
+WORKER_QUEUES = "persistence,archive,maintenance"
+
+
+from bench.load_servers import (  # noqa: E402
+    DIRECTIONS,
+    FRAME_MS,
+    TICK_MS,
+    Summary,
+    serve_bridge,
+    serve_simulator,
+    summary,
+)
+
+
+@dataclass
+class Plan:
+    base_url: str
+    window: tuple[float, float]
+    stop_at: float
+    lags_ms: list[float] = field(default_factory=list)
+    streaming: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def caller_frames(rng: random.Random) -> Iterator[bytes]:
+    """Silence through the greeting, then utterances of 3-8 digits (never starting with 9,
+    which would be a function call), each followed by silence long enough for the answer."""
+    quiet = silence(FORMAT, FRAME_MS)
+    yield from [quiet] * (GREETING_MS // FRAME_MS)
+    while True:
+        digits = str(rng.randint(1, 8)) + "".join(rng.choices("0123456789", k=rng.randint(2, 7)))
+        yield from speech_frames(digits, FORMAT, FRAME_MS)
+        yield from [quiet] * ((len(digits) * 60 + 400) // FRAME_MS)
+
+
+_BASE64: dict[bytes, str] = {}
+
+
+async def call(plan: Plan, cid: str, start_at: float, rng: random.Random) -> None:
+    await asyncio.sleep(start_at - time.perf_counter())
+    client = AudioCodesClient(plan.base_url, cid, os.environ.get("AUDIOCODES_BOT_TOKEN"))
+    try:
+        await client.connect()
+        accepted = await client.initiate()
+        if accepted["type"] != "session.accepted":
+            raise RuntimeError(f"{cid}: {accepted.get('reason')}")
+        await client.send("userStream.start")
+        await client.expect("userStream.started")
+        plan.streaming += 1
+        head = f'{{"type":"userStream.chunk","conversationId":"{cid}","audioChunk":"'
+        due = time.perf_counter() + rng.random() * FRAME_MS / 1000  # calls' phases spread
+        for frame in caller_frames(rng):
+            if due >= plan.stop_at:
+                break
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            now = time.perf_counter()
+            if plan.window[0] <= due < plan.window[1]:
+                plan.lags_ms.append((now - due) * 1000)
+            text = _BASE64.get(frame) or _BASE64.setdefault(frame, b64encode(frame).decode())
+            await client.send_raw(f'{head}{text}","sentS":{now!r}}}')
+            due += FRAME_MS / 1000
+            if len(client.received) > 100:
+                client.received.clear()  # nothing awaits them from here on
+        await client.send("userStream.stop")
+        await client.hangup()
+        await client.closed(15)
+    except Exception as exc:
+        plan.failures.append(f"{type(exc).__name__}: {exc}"[:200])
+    finally:
+        await client.close()
+
+
+def http_get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds used by a process, or by the whole machine for pid 0."""
+    if pid == 0:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    if psutil is not None:
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    calls: int
+    persistence: str
+    load1: float
+    streaming: int
+    ms: dict[str, Summary]
+    cpu_pct: dict[str, float]
+    persister: dict[str, Any]
+    failures: list[str]
+
+    def ok(self, prefix: str = "") -> bool:
+        p99s = [self.ms[prefix + d]["p99"] for d in DIRECTIONS]
+        return not self.failures and all(p is not None and p <= LIMIT_MS for p in p99s)
+
+
+async def drive(n: int, mode: str, port: int, seconds: float, pids: dict[str, int],
+                seed: int) -> Row:  # fmt: skip
+    http = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter() + 0.2
+    start = t0 + RAMP_S + WARMUP_S
+    plan = Plan(f"ws://127.0.0.1:{port}", (start, start + seconds), start + seconds + 0.5)
+    load1 = os.getloadavg()[0]
+    tasks = [asyncio.create_task(call(plan, f"load-{mode}-{n}-{i:04d}", t0 + RAMP_S * i / n,
+                                      random.Random(seed + i))) for i in range(n)]  # fmt: skip
+
+    async def snapshot(action: str) -> tuple[Any, dict[str, float]]:
+        cpu = {name: cpu_s(pid) for name, pid in pids.items()} | {"wall": time.monotonic()}
+        return await asyncio.to_thread(http_get, f"{http}/bench/window?action={action}"), cpu
+
+    await asyncio.sleep(start - time.perf_counter())
+    _, cpu_before = await snapshot("start")
+    streaming = plan.streaming
+    await asyncio.sleep(plan.window[1] - time.perf_counter())
+    window, cpu_after = await snapshot("stop")
+    stats = await asyncio.to_thread(http_get, f"{http}/stats")
+    await asyncio.gather(*tasks)
+    wall = cpu_after.pop("wall") - cpu_before.pop("wall")
+    cpu = {k: round(100 * (cpu_after[k] - cpu_before[k]) / wall, 1) for k in cpu_after}
+    keys = ("snapshots_sent", "publish_failures", "backlog", "dropped")
+    return Row(n, mode, load1, streaming, window | {"client_lag": summary(plan.lags_ms)},
+               cpu, {k: stats["persister"][k] for k in keys},
+               plan.failures[:5])  # fmt: skip
+
+
+@contextmanager
+def spawn(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(env), stdout=log, stderr=log)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited:\n{log_path.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}:\n{log_path.read_text()[-3000:]}")
+
+
+def run_one(n: int, mode: str, args: argparse.Namespace, env: dict[str, str], logs: Path) -> Row:
+    me = [sys.executable, "-m", "bench.bridge_load"]
+    sim_port, bridge_port = free_port(), free_port()
+    with ExitStack() as stack:
+        log = logs / f"sim-{mode}-{n}.log"
+        cmd = [*me, "--serve-simulator", str(sim_port), "--deflate", args.deflate]
+        sim = stack.enter_context(spawn(cmd, env, log))
+        wait_port(sim_port, sim, log)
+        pids = {"sim": sim.pid, "client": os.getpid(), "host": 0}
+        if mode == "on":
+            name, log = f"bench-load-{uuid.uuid4().hex[:8]}@localhost", logs / f"worker-{n}.log"
+            cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", name,
+                   "-Q", WORKER_QUEUES, "--pool", "threads", "-c", "4", "--loglevel", "WARNING",
+                   "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+            pids["worker"] = (worker := stack.enter_context(spawn(cmd, env, log))).pid
+            app = broker_app(Settings(**env))  # type: ignore[arg-type]
+            wait_for_ping(app, name, worker, log)
+            app.close()
+        log, url = logs / f"bridge-{mode}-{n}.log", f"ws://127.0.0.1:{sim_port}/v1/realtime"
+        cmd = [*me, "--serve-bridge", str(bridge_port), "--realtime-url", url,
+               "--persistence", mode, "--deflate", args.deflate]  # fmt: skip
+        pids["bridge"] = (bridge := stack.enter_context(spawn(cmd, env, log))).pid
+        wait_port(bridge_port, bridge, log)
+        with asyncio.Runner(loop_factory=LOOP) as runner:
+            return runner.run(drive(n, mode, bridge_port, args.seconds, pids, args.seed))
+
+
+def conditions(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    s = Settings()
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpus": os.cpu_count(),
+        "load avg at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "servers": f"uvicorn {uvicorn.__version__} (ws auto = websockets-sansio), websockets "
+        f"{websockets_version}, {'uvloop' if uvloop else 'asyncio'} loop in every process",
+        "topology": "bridge: 1 subprocess (uvicorn, tune_gc); simulator: 1 subprocess "
+        "(RealtimeSimulator pace=True, 20 ms deltas); the N clients: this process",
+        "permessage-deflate": f"{args.deflate} on both legs (caller-bridge and bridge-model)",
+        "formats": "caller raw/lpcm16 16 kHz (640 B/frame) -> model pcm16 24 kHz (960 B); "
+        "bot pcm16 24 kHz -> caller 16 kHz; server VAD in the simulator",
+        "workload": f"{FRAME_MS} ms frames both ways, caller on absolute deadlines; 3-8 digit "
+        f"utterances + silence; starts over {RAMP_S:g} s, window opens {WARMUP_S:g} s after "
+        f"the last start, {args.seconds:g} s measured, then userStream.stop + hangup",
+        "persistence on": f"Redis storage + Celery persister (save interval "
+        f"{s.save_interval_ms} ms, max batch {s.persist_max_batch}) -> {args.redis_url}, "
+        f"prefix {prefix}; 1 worker -Q {WORKER_QUEUES} --pool threads -c 4",
+        "persistence off": "memory storage; persister save/save_now/end do nothing "
+        "(no state copy, no publisher work, no broker); no worker",
+        "latency": "every frame of the window, exact p50/p99/max, kept in the bridge process; "
+        "relay = the bridge's metric (bridge code gets message -> send done); send = "
+        "sender's send -> send done",
+        "loop lag": f"bridge event loop: lateness of a {TICK_MS} ms sleep",
+        "cpu": f"% of one CPU per process (host: whole machine), user+sys over the window "
+        f"({'psutil' if psutil else '/proc'})",
+    }
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def verdict(rows: list[Row]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind, prefix in (("relay", ""), ("send", "sent_")):
+        for mode in sorted({r.persistence for r in rows}):
+            passing = [r.calls for r in rows if r.persistence == mode and r.ok(prefix)]
+            out[f"largest N, {kind} p99 <= {LIMIT_MS:g} ms, {mode}"] = max(passing, default=None)
+        at = {r.persistence: r for r in rows if r.calls == 100}
+        for d in DIRECTIONS:
+            p99 = {mode: r.ms[prefix + d]["p99"] for mode, r in at.items()}
+            out |= {f"N=100 {kind} {d} p99 ms, {mode}": v for mode, v in p99.items()}
+            on, off = p99.get("on"), p99.get("off")
+            if on is not None and off is not None:
+                out[f"N=100 {kind} {d} p99 added by persistence"] = on - off
+    return out
+
+
+def print_report(cond: dict[str, Any], rows: list[Row], result: dict[str, Any]) -> None:
+    for key, value in cond.items():
+        print(f"{key:>17}: {value}")
+    line = "{:>4} {:>4} {:>9} {:>6} |{:>6}{:>6}{:>6} |{:>7}{:>7}{:>7} |{:>7}{:>6}{:>5} " \
+           "{:>7}{:>5}{:>5}{:>5}{:>5} {:>6} {:>7}"  # fmt: skip
+    print("\n" + line.format("N", "pers", "direction", "frames", "relay", "p99", "max", "send",
+                             "p99", "max", "lag99", "load", "live", "bridge", "sim", "cli",
+                             "wrk", "host", "clag99", "ok"))  # fmt: skip
+    print(line.format(*[""] * 4, "p50", "", "", "p50", *[""] * 5, *["cpu%"] * 5, "",
+                      "rel/snd"))  # fmt: skip
+    for r in rows:
+        ok = "/".join("yes" if r.ok(p) else "NO" for p in ("", "sent_"))
+        cpu = [fmt(r.cpu_pct.get(k), 0) for k in ("bridge", "sim", "client", "worker", "host")]
+        for d in DIRECTIONS:
+            m, s = r.ms[d], r.ms["sent_" + d]
+            sent = [fmt(s[k], 1) for k in ("p50", "p99", "max")]
+            print(line.format(r.calls, r.persistence, d, m["count"], fmt(m["p50"]), fmt(m["p99"]),
+                              fmt(m["max"], 1), *sent,
+                              fmt(r.ms["loop_lag"]["p99"], 1), fmt(r.load1), r.streaming, *cpu,
+                              fmt(r.ms["client_lag"]["p99"], 1), ok))  # fmt: skip
+        for failure in r.failures:
+            print(f"      failure: {failure}")
+        if r.persistence == "on":
+            print(f"      persister at window end: {r.persister}")
+    print(
+        "\n(ms; live = calls streaming when the window opened; clag99 = p99 of how late the "
+        "clients sent their frames; ok = p99 <= 20 ms both ways, by relay / by send)\n"
+    )
+    for key, value in result.items():
+        print(f"{key:>42}: {value if isinstance(value, int | None) else fmt(value, 3)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", help="comma-separated N (default 25,50,100,150,200)")
+    parser.add_argument("--persistence", default="off,on", help="modes to run (off,on)")
+    parser.add_argument("--seconds", type=float, help="measured window (default 20, quick 8)")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
+    )
+    parser.add_argument("--deflate", choices=("on", "off"), default="on",
+                        help="permessage-deflate on both WebSocket legs of the bridge "
+                        "(on: what the servers negotiate by default)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="N 25,100; 8 s")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--serve-bridge", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-simulator", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--realtime-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_bridge:
+        serve_bridge(args.serve_bridge, args.realtime_url, args.persistence, args.deflate == "on")
+        return 0
+    if args.serve_simulator:
+        with asyncio.Runner(loop_factory=LOOP) as runner:
+            runner.run(serve_simulator(args.serve_simulator, args.deflate == "on"))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args.seconds = args.seconds or (8.0 if args.quick else 20.0)
+    calls = args.calls or ("25,100" if args.quick else "25,50,100,150,200")
+    modes, prefix = args.persistence.split(","), f"bench:load:{uuid.uuid4().hex[:8]}:"
+    cond, rows = conditions(args, prefix), []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+            common = {"ARCHIVE_DIR": str(Path(tmp) / "archive"), "ARCHIVE_URL": "",
+                      "VAD_MODE": "server"}  # fmt: skip
+            envs = {"off": common | {"SESSION_STORAGE_TYPE": "memory"},
+                    "on": common | {"SESSION_STORAGE_TYPE": "redis", "REDIS_URL": args.redis_url,
+                                    "CELERY_BROKER_URL": args.redis_url, "SESSION_PREFIX": prefix,
+                                    "CELERY_KEY_PREFIX": prefix}}  # fmt: skip
+            for n in (int(x) for x in calls.split(",")):
+                for mode in modes:
+                    print(f"N={n} persistence {mode}: load avg {os.getloadavg()[0]:.2f}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    rows.append(run_one(n, mode, args, envs[mode], Path(tmp)))
+    finally:
+        if "on" in modes:
+            delete_prefix(args.redis_url, prefix)
+    result = verdict(rows)
+    if args.json:
+        doc = {"conditions": cond, "rows": [asdict(r) for r in rows], "result": result}
+        print(json.dumps(doc, indent=2))
+    else:
+        print_report(cond, rows, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
