@@ -1,7 +1,8 @@
 """Save pipeline benchmark: snapshots/s from enqueue to applied in Redis, through Celery.
 
 Run from the repository root: `python -m bench.pipeline [--quick] [--json]`.
-One worker process (`--pool solo`, `--prefetch-multiplier 4` as in docker-compose) per batch
+One worker process (`--pool threads`, `--concurrency 2` by default, `--prefetch-multiplier 4`, as
+in docker-compose; `--pool solo` with `--solo`) per batch
 size; ~2 KB snapshots of 1000 sessions with rising seq; a raw pipelined-SET baseline in the
 same run. All keys live under a unique `bench:pipe:<run>:` prefix and are deleted at the end.
 """
@@ -84,12 +85,12 @@ def batches_of(items: list[Wire], size: int) -> list[list[Wire]]:
 
 @contextmanager
 def persistence_worker(
-    app: Celery, env: dict[str, str], log_path: Path, prefetch: int
+    app: Celery, env: dict[str, str], log_path: Path, prefetch: int, pool: list[str]
 ) -> Iterator[None]:
     """Like tests.workers.subprocess_worker, plus `--prefetch-multiplier` (as deployed)."""
     name = f"bench-{uuid.uuid4().hex[:8]}@localhost"
     cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "persistence",
-           "--pool", "solo", "--prefetch-multiplier", str(prefetch), "-n", name,
+           *pool, "--prefetch-multiplier", str(prefetch), "-n", name,
            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=worker_env(env), stdout=log, stderr=log)
@@ -121,8 +122,9 @@ def wait_done(client: redis.Redis, events_key: str, target: int) -> tuple[float,
 
 
 def run_batch_size(
-    url: str, prefix: str, size: int, snapshots: list[Wire], warm: Wire, prefetch: int, logs: Path
-) -> Row:
+    url: str, prefix: str, size: int, snapshots: list[Wire], warm: Wire, prefetch: int, logs: Path,
+    pool: list[str],
+) -> Row:  # fmt: skip
     """Start a fresh worker on fresh prefixes, warm it up, then time all batches."""
     settings = Settings(
         redis_url=url, session_prefix=f"{prefix}b{size}:", celery_key_prefix=f"{prefix}q{size}:"
@@ -134,12 +136,12 @@ def run_batch_size(
     app = broker_app(settings)
     client = redis.Redis.from_url(url)
     try:
-        with persistence_worker(app, env, logs / f"worker-b{size}.log", prefetch):
+        with persistence_worker(app, env, logs / f"worker-b{size}.log", prefetch, pool):
             app.send_task(SAVE_SESSIONS, args=[[warm]])  # builds the task context, loads scripts
             _, base_applied, base_stale = wait_done(client, events_key, 1)
             start = time.monotonic()
-            for batch in batches:
-                app.send_task(SAVE_SESSIONS, args=[batch])
+            for batch in batches:  # as the persister sends them: the batch's JSON text
+                app.send_task(SAVE_SESSIONS, args=[json.dumps(batch, separators=(",", ":"))])
             published = time.monotonic()
             done, applied, stale = wait_done(
                 client, events_key, base_applied + base_stale + len(snapshots)
@@ -172,7 +174,9 @@ def raw_set_rate(url: str, prefix: str, snapshots: list[Wire]) -> float:
         client.close()
 
 
-def conditions(url: str, avg_size: float, counts: dict[int, int], prefetch: int) -> dict[str, Any]:
+def conditions(
+    url: str, avg_size: float, counts: dict[int, int], prefetch: int, pool: list[str]
+) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     try:
         server = str(client.info("server")["redis_version"])
@@ -185,7 +189,7 @@ def conditions(url: str, avg_size: float, counts: dict[int, int], prefetch: int)
         "redis_py": redis.__version__,
         "redis_server": server,
         "cpus": os.cpu_count(),
-        "worker": f"1 process, --pool solo, --prefetch-multiplier {prefetch}",
+        "worker": f"1 process, {' '.join(pool)}, --prefetch-multiplier {prefetch}",
         "snapshot_json_bytes_avg": round(avg_size),
         "sessions": f"{SESSIONS} distinct conversation ids, seq rising per round",
         "counts": {str(k): v for k, v in counts.items()},
@@ -212,8 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshots", type=int, default=None, help="default 20000 (quick 2000)")
     parser.add_argument("--prefetch", type=int, default=4, help="worker prefetch multiplier")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--solo", action="store_true", help="--pool solo instead of 2 threads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    pool = ["--pool", "solo"] if args.solo else ["--pool", "threads", "--concurrency", "2"]
     n = args.snapshots or (2000 if args.quick else 20000)
     counts = {size: max(size, n // 10) if size == 1 else n for size in BATCH_SIZES}
     run = uuid.uuid4().hex[:8]
@@ -225,12 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         raw_s = raw_set_rate(args.redis_url, prefix, snapshots)
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as logs:
             rows = [run_batch_size(args.redis_url, prefix, size, snapshots[: counts[size]], warm,
-                                   args.prefetch, Path(logs)) for size in BATCH_SIZES]  # fmt: skip
+                                   args.prefetch, Path(logs), pool)
+                    for size in BATCH_SIZES]  # fmt: skip
     finally:
         delete_prefix(args.redis_url, prefix)
     for row in rows:
         row.ratio = row.snapshots_s / raw_s
-    cond = conditions(args.redis_url, avg_size, counts, args.prefetch)
+    cond = conditions(args.redis_url, avg_size, counts, args.prefetch, pool)
     if args.json:
         doc = {"conditions": cond, "raw_set_s": raw_s, "rows": [asdict(r) for r in rows]}
         print(json.dumps(doc, indent=2))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import threading
 import time
@@ -270,7 +271,8 @@ class SessionPersister:
         ends = [(cid, p) for cid, p in batch.items() if p.end_reason is not None]
         for start in range(0, len(saves), self.max_batch):
             chunk = saves[start : start + self.max_batch]
-            if not self._publish(names.SAVE_SESSIONS, encode_politely(p.state for _, p in chunk)):
+            wire = json.dumps(encode_politely(p.state for _, p in chunk), separators=(",", ":"))
+            if not self._publish(names.SAVE_SESSIONS, wire):
                 return dict(saves[start:] + ends)
             self._counts["batches"] += 1
             self._counts["snapshots"] += len(chunk)

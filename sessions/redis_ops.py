@@ -7,7 +7,7 @@ send these calls; the rules live in the scripts, the layout in `KeySpace`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -111,6 +111,24 @@ class RedisOps:
         return ScriptCall(
             "save", self.keys.script_keys(snap.conversation_id), args + _flatten(fields)
         )
+
+    def save_many(self, snaps: Sequence[Snapshot], now: int | None = None) -> ScriptCall:
+        """Compare-and-set saves of several snapshots in one script call."""
+        args: list[Arg] = [self.keys.prefix, now or now_us(), self.retention.live_ms,
+                           self.retention.ended_ms]  # fmt: skip
+        for snap in snaps:
+            fields = (item for pair in snap.fields.items() if pair[0] != ACTIVITY_FIELD
+                      for item in pair)  # fmt: skip
+            args += [
+                check_conversation_id(snap.conversation_id),
+                snap.epoch,
+                snap.seq,
+                snap.status.value,
+                snap.last_activity_us,
+                "\0".join(fields),
+            ]
+        keys = [self.keys.live_index, self.keys.archive_index, self.keys.status_counts]
+        return ScriptCall("save_many", keys, args)
 
     def touch_load(self, conversation_id: str) -> ScriptCall:
         """Read a session, moving its activity to now unless it is already expired."""

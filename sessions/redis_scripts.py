@@ -34,32 +34,74 @@ local function later(a, b)
 end
 """
 
+SAVE_ONE = r"""
+-- Compare-and-set one snapshot into `key`; 1 if applied, 0 if older than what is stored.
+local function save_one(key, idx, cid, epoch_s, seq_s, new, activity, flat, now, live_ttl,
+                        ended_ttl)
+  local cur = redis.call('HMGET', key, 'epoch', 'seq', 'status', 'last_activity', '_archived')
+  local epoch, seq = tonumber(epoch_s), tonumber(seq_s)
+  local old = false
+  if cur[1] or cur[3] then
+    if cur[5] then return 0 end
+    local e, s = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
+    if e > epoch or (e == epoch and s >= seq) then return 0 end
+    old = cur[3] and status_name(cur[3]) or false
+    if old == 'ended' and new ~= 'ended' then return 0 end
+    if cur[4] and tonumber(cur[4]) then activity = later(cur[4], activity) end
+  end
+  if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
+  redis.call('HSET', key, 'epoch', epoch_s, 'seq', seq_s, 'status', '"' .. new .. '"',
+             'last_activity', activity)
+  transition(idx[1], idx[2], idx[3], cid, old, new, activity, now)
+  if new == 'ended' then
+    redis.call('PEXPIRE', key, ended_ttl)
+  else
+    redis.call('PEXPIRE', key, live_ttl)
+  end
+  return 1
+end
+"""
+
 # ARGV: cid, epoch, seq, status, activity_us, now_us, live_ttl_ms, ended_ttl_ms, field, value, ...
 SAVE = (
     PRELUDE
+    + SAVE_ONE
     + r"""
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'status', 'last_activity', '_archived')
-local epoch, seq, new = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local old = false
-local activity = ARGV[5]
-if cur[1] or cur[3] then
-  if cur[5] then return 0 end
-  local e, s = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
-  if e > epoch or (e == epoch and s >= seq) then return 0 end
-  old = cur[3] and status_name(cur[3]) or false
-  if old == 'ended' and new ~= 'ended' then return 0 end
-  if cur[4] and tonumber(cur[4]) then activity = later(cur[4], activity) end
+local flat = {}
+for i = 9, #ARGV do flat[#flat + 1] = ARGV[i] end
+return save_one(KEYS[1], {KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                ARGV[5], flat, ARGV[6], ARGV[7], ARGV[8])
+"""
+)
+
+# A batch in one call. Session keys are built here from the prefix (so this script, like
+# EXPIRE_BATCH, is not for Redis Cluster).
+# KEYS: live index, archive index, status counts
+# ARGV: prefix, now_us, live_ttl_ms, ended_ttl_ms, then per snapshot:
+#       cid, epoch, seq, status, activity_us, fields (name NUL text NUL name NUL text ...; stored
+#       texts are JSON, which never holds a raw NUL)
+SAVE_MANY = (
+    PRELUDE
+    + SAVE_ONE
+    + r"""
+local function split_fields(blob)
+  local flat, pos = {}, 1
+  while pos <= #blob do
+    local stop = string.find(blob, '\0', pos, true) or (#blob + 1)
+    flat[#flat + 1] = string.sub(blob, pos, stop - 1)
+    pos = stop + 1
+  end
+  return flat
 end
-if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'seq', ARGV[3], 'status', '"' .. new .. '"',
-           'last_activity', activity)
-transition(KEYS[2], KEYS[3], KEYS[4], ARGV[1], old, new, activity, ARGV[6])
-if new == 'ended' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+
+local applied = {}
+for b = 5, #ARGV, 6 do
+  local flat = split_fields(ARGV[b + 5])
+  applied[#applied + 1] = save_one(ARGV[1] .. ARGV[b], KEYS, ARGV[b], ARGV[b + 1],
+                                   ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], flat,
+                                   ARGV[2], ARGV[3], ARGV[4])
 end
-return 1
+return applied
 """
 )
 
@@ -229,6 +271,7 @@ return 0
 
 ALL: dict[str, str] = {
     "save": SAVE,
+    "save_many": SAVE_MANY,
     "touch_load": TOUCH_LOAD,
     "claim": CLAIM,
     "end": END,

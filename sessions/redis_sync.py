@@ -24,6 +24,8 @@ from sessions.storage import (
     count_saves,
 )
 
+SAVE_CHUNK = 100  # snapshots a script call: bounds how long one call holds Redis (~2 ms)
+
 
 class SyncRedisStore:
     """Blocking access to the same sessions, scripts and indexes as `RedisSessionStorage`."""
@@ -68,19 +70,19 @@ class SyncRedisStore:
         return bool(self._run(self.ops.save(snapshot), snapshot.conversation_id))
 
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
-        """Apply a batch with the compare-and-set script in one pipeline."""
+        """Apply a batch with the compare-and-set script, SAVE_CHUNK snapshots a call."""
         if not snapshots:
             return SaveResult(applied=0, stale=0)
-        script = self._scripts["save"]
+        script = self._scripts["save_many"]
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                for snap in snapshots:
-                    call = self.ops.save(snap)
+                for start in range(0, len(snapshots), SAVE_CHUNK):
+                    call = self.ops.save_many(snapshots[start : start + SAVE_CHUNK])
                     script(keys=call.keys, args=call.args, client=pipe)
                 replies = pipe.execute()
         except RedisError as exc:
             raise translate_error(exc, self.redis_url, None) from exc
-        result = count_saves([bool(r) for r in replies])
+        result = count_saves([bool(r) for reply in replies for r in reply])
         self.add_event("snapshots_applied", result.applied)
         self.add_event("snapshots_stale", result.stale)
         return result

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from celery import Task, shared_task
+from pydantic import TypeAdapter, ValidationError
 
 from sessions.codec import Snapshot
 from sessions.errors import InvalidSessionData, RetryableError
@@ -17,8 +19,24 @@ log = logging.getLogger(__name__)
 SAVE_RETRY_BACKOFF_MAX_S = 5  # stays well under the broker visibility timeout
 
 
-def apply_batch(ctx: TaskContext, batch: Any) -> dict[str, int]:
-    """Apply every valid snapshot of a batch in one pipeline; count applied, stale, invalid."""
+SNAPSHOTS = TypeAdapter(list[Snapshot])
+
+
+def parse_batch(batch: Any) -> tuple[list[Snapshot], int]:
+    """The valid snapshots of a batch and how many were invalid.
+
+    A batch is a list of snapshots, or (as the persister sends it) their JSON text: parsed
+    and validated in one pass by pydantic-core, which is several times faster than decoding
+    a large list through the broker's JSON hooks and validating item by item.
+    """
+    if isinstance(batch, str):
+        try:
+            return SNAPSHOTS.validate_json(batch), 0
+        except ValidationError:
+            try:
+                batch = json.loads(batch)
+            except ValueError:
+                raise InvalidSessionData("a batch must be a JSON list of snapshots") from None
     if not isinstance(batch, list):
         raise InvalidSessionData(f"a batch must be a list of snapshots, not {type(batch).__name__}")
     snapshots: list[Snapshot] = []
@@ -29,12 +47,18 @@ def apply_batch(ctx: TaskContext, batch: Any) -> dict[str, int]:
         except InvalidSessionData as exc:
             invalid += 1
             log.warning("save_sessions: dropped an invalid snapshot: %s", exc)
+    return snapshots, invalid
+
+
+def apply_batch(ctx: TaskContext, batch: Any) -> dict[str, int]:
+    """Apply every valid snapshot of a batch in one pipeline; count applied, stale, invalid."""
+    snapshots, invalid = parse_batch(batch)
     result = ctx.store.save_many(snapshots)
     ctx.store.add_event("snapshot_batches")
     if invalid:
         ctx.store.add_event("snapshots_invalid", invalid)
     outcome = {"applied": result.applied, "stale": result.stale, "invalid": invalid}
-    log.info("save_sessions: batch of %d: %s", len(batch), outcome)
+    log.info("save_sessions: batch of %d: %s", len(snapshots) + invalid, outcome)
     return outcome
 
 
@@ -47,6 +71,6 @@ def apply_batch(ctx: TaskContext, batch: Any) -> dict[str, int]:
     retry_jitter=False,
     max_retries=None,
 )
-def save_sessions(self: Task, batch: list[dict[str, Any]]) -> dict[str, int]:
+def save_sessions(self: Task, batch: str | list[dict[str, Any]]) -> dict[str, int]:
     """Apply a batch of snapshots; a replayed or older batch changes nothing."""
     return apply_batch(runtime.context(), batch)

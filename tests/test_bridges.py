@@ -107,6 +107,7 @@ async def test_a_dropped_call_resumes_on_a_second_instance_with_history_and_no_g
     assert any('"123"' in t for t in texts) and any("function_call_output" in t for t in texts)
     assert any("DTMF 5" in t for t in texts)
     assert "response.create" not in replayed.received_types()[:8]  # no greeting replayed
+    await wait_until(lambda: _has_status(second, "call-resume", SessionStatus.ENDED))
     state = await second.storage.load("call-resume")
     assert state is not None and state.resumed_count == 1 and state.epoch == 2
     assert [t["content"] for t in state.conversation_history][-2:] == ["45", "you said 45"]

@@ -161,6 +161,7 @@ async def test_a_dropped_stream_resumes_on_a_second_instance_with_history_and_no
         await again.stop()
         assert await again.closed() == 1000
         await second.settle()
+        await wait_until(lambda: _has_status(second, SessionStatus.ENDED))  # a worker applies it
         state = await stored(second)
     if not owns:
         await first.close()
