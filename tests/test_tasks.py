@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -64,14 +65,25 @@ def test_an_older_replayed_batch_changes_nothing(worker_app: Celery, task_ctx: T
     assert stored is not None and (stored.state.caller, stored.state.seq) == ("newer", 9)
 
 
-def test_invalid_snapshots_are_counted_and_do_not_block_the_rest(
+@pytest.mark.parametrize("form", ["list", "json text"])
+def test_invalid_snapshots_are_counted_in_either_batch_form(
+    worker_app: Celery, task_ctx: TaskContext, form: str
+) -> None:
+    good = [Snapshot.of(make_state(f"g{i}")).model_dump(mode="json") for i in range(3)]
+    batch = [good[0], {"conversation_id": "bad id!"}, good[1], {"nonsense": True}, good[2]]
+    sent: object = batch if form == "list" else json.dumps(batch)
+    worker_app.send_task(names.SAVE_SESSIONS, args=[sent])
+    wait_for(lambda: task_ctx.store.events().get("snapshots_invalid") == 2)
+    assert applied(task_ctx) == 3 and task_ctx.store.live_count() == 3
+
+
+def test_a_batch_that_is_not_json_fails_without_touching_anything(
     worker_app: Celery, task_ctx: TaskContext
 ) -> None:
-    good = Snapshot.of(make_state("good")).model_dump(mode="json")
-    bad = [{"conversation_id": "bad id!"}, {"nonsense": True}]
-    worker_app.send_task(names.SAVE_SESSIONS, args=[[bad[0], good, bad[1]]])
-    wait_for(lambda: task_ctx.store.events().get("snapshots_invalid") == 2)
-    assert applied(task_ctx) == 1
+    worker_app.send_task(names.SAVE_SESSIONS, args=["[{not json"])
+    worker_app.send_task(names.SAVE_SESSIONS, args=[wire(Snapshot.of(make_state("after")))])
+    wait_for(lambda: applied(task_ctx) == 1)
+    assert task_ctx.store.live_count() == 1 and "snapshot_batches" in task_ctx.store.events()
 
 
 def test_end_session_stores_the_final_state_ended_and_archives_it(
