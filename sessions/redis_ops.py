@@ -134,7 +134,8 @@ class RedisOps:
         """Read a session, moving its activity to now unless it is already expired."""
         idle_us = int(self.retention.session_ttl_s * 1_000_000)
         args: list[Arg] = [conversation_id, now_us(), idle_us, self.retention.live_ms]
-        return ScriptCall("touch_load", self.keys.script_keys(conversation_id), args)
+        keys = [self.keys.session(conversation_id), self.keys.live_index]
+        return ScriptCall("touch_load", keys, args)
 
     def claim(self, conversation_id: str, max_age_s: float) -> ScriptCall:
         """Atomic resume claim."""

@@ -105,7 +105,7 @@ return applied
 """
 )
 
-# ARGV: cid, now_us, max_idle_us, live_ttl_ms
+# KEYS: session, live index; ARGV: cid, now_us, max_idle_us, live_ttl_ms
 TOUCH_LOAD = r"""
 local cur = redis.call('HMGET', KEYS[1], 'status', 'last_activity')
 if not cur[1] then return false end
