@@ -18,6 +18,7 @@ import asyncio
 import gc
 import json
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -33,6 +34,9 @@ from tasks.runtime import Dispatcher
 
 log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000
+GC_GEN1_THRESHOLD = 20
+GC_GEN2_THRESHOLD = 50
+SWITCH_INTERVAL_S = 0.001
 ENCODE_BETWEEN_YIELDS = 8  # snapshots encoded (~20 µs each) between chances for the loop
 
 
@@ -96,15 +100,17 @@ def to_wire(values: FrozenState) -> dict[str, Any]:
 
 
 def tune_gc(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
-    """GC settings for a bridge process: freeze start-up objects, collect the young less often.
+    """Runtime settings for a bridge process: GC thresholds and the GIL switch interval.
 
     Every save allocates a few containers; with CPython's default threshold (700) about one
     save in a hundred pays for a young-generation collection, and full collections walk
-    every object imported at start-up. Called once by the server after imports.
+    every object imported at start-up (frozen here) and every live call's state (made
+    rarer here). A shorter switch interval bounds how long the publisher thread's Python
+    code can keep the event loop waiting for the GIL. Called once by the server.
     """
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
+    gc.set_threshold(gen0_threshold, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def encode_politely(states: Iterable[FrozenState]) -> list[dict[str, Any]]:
