@@ -63,7 +63,7 @@ LIMIT_MS = 20.0
 WORKER_QUEUES = "persistence,archive,maintenance"
 
 
-from bench.load_servers import (  # noqa: E402
+from bench._load_servers import (  # noqa: E402
     DIRECTIONS,
     FRAME_MS,
     TICK_MS,
