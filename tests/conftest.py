@@ -14,6 +14,9 @@ from celery.contrib.pytest import celery_worker  # noqa: F401 - Celery's in-thre
 from celery.contrib.testing.worker import start_worker
 
 import celeryconfig
+from bridges.hosting import hosted_bridge
+from bridges.runtime import BridgeRuntime
+from bridges.simulator import RealtimeSimulator
 from sessions.archive import FileSystemSink
 from sessions.factory import build_sync_store
 from sessions.memory import MemorySessionStorage
@@ -143,3 +146,33 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30, poll_s: float
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(poll_s)
     return time.monotonic() - start
+
+
+# -- bridges: the simulator and bridge runtimes ------------------------------------------------
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[RealtimeSimulator]:
+    """The realtime-model simulator on a free port."""
+    async with RealtimeSimulator() as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def redis_settings(redis_url: str, key_prefix: str, broker_prefix: str,
+                   task_ctx: TaskContext, inthread_worker: object) -> Settings:  # fmt: skip
+    """Bridges on the shared Redis, saving and archiving through the in-thread worker."""
+    return Settings(redis_url=redis_url, session_prefix=key_prefix,
+                    celery_key_prefix=broker_prefix, archive_dir=task_ctx.settings.archive_dir,
+                    save_interval_ms=20)  # fmt: skip
+
+
+@pytest.fixture
+async def embedded(
+    sim: RealtimeSimulator, tmp_path: Path
+) -> AsyncIterator[tuple[str, BridgeRuntime]]:
+    """A bridge server on the embedded default (small MAX_FRAME_BYTES); its URL and runtime."""
+    settings = Settings(archive_dir=str(tmp_path), max_frame_bytes=4096)
+    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
+    async with hosted_bridge(runtime) as url:
+        yield url, runtime

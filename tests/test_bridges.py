@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,25 +17,9 @@ from bridges.runtime import BridgeRuntime
 from bridges.simulator import RealtimeSimulator
 from sessions.settings import Settings
 from sessions.state import SessionStatus
-from tasks.runtime import TaskContext
 from tests.conftest import wait_until
 from tests.services import throwaway_redis
 from tests.workers import broker_app, subprocess_worker
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[RealtimeSimulator]:
-    async with RealtimeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def redis_settings(redis_url: str, key_prefix: str, broker_prefix: str, tmp_path: Path,
-                   task_ctx: TaskContext, inthread_worker: object) -> Settings:  # fmt: skip
-    """Bridges on the shared Redis, saving through the in-thread worker of this run."""
-    return Settings(redis_url=redis_url, session_prefix=key_prefix,
-                    celery_key_prefix=broker_prefix, archive_dir=task_ctx.settings.archive_dir,
-                    save_interval_ms=20)  # fmt: skip
 
 
 async def stored_status(runtime: BridgeRuntime, cid: str) -> SessionStatus | None:
@@ -192,16 +175,6 @@ async def test_shutdown_saves_live_calls_paused_for_another_instance(
 
 
 # -- the embedded default: bad input, authentication, health -------------------------------
-
-
-@pytest.fixture
-async def embedded(
-    sim: RealtimeSimulator, tmp_path: Path
-) -> AsyncIterator[tuple[str, BridgeRuntime]]:
-    settings = Settings(archive_dir=str(tmp_path), max_frame_bytes=4096)
-    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
-    async with hosted_bridge(runtime) as url:
-        yield url, runtime
 
 
 BAD_INPUT = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +19,10 @@ from bridges.simulator import RealtimeSimulator
 from bridges.twilio import TwilioBridge
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
-from tasks.runtime import TaskContext
 from tests.conftest import wait_for, wait_until
 
 CALL = "CA0123456789abcdef0123456789abcdef"
 ACCOUNT = "AC" + "0" * 32
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[RealtimeSimulator]:
-    async with RealtimeSimulator() as simulator:
-        yield simulator
-
-
-@pytest.fixture
-def redis_settings(redis_url: str, key_prefix: str, broker_prefix: str,
-                   task_ctx: TaskContext, inthread_worker: object) -> Settings:  # fmt: skip
-    """Bridges on the shared Redis, saving and archiving through the in-thread worker."""
-    return Settings(redis_url=redis_url, session_prefix=key_prefix,
-                    celery_key_prefix=broker_prefix, archive_dir=task_ctx.settings.archive_dir,
-                    save_interval_ms=20)  # fmt: skip
-
-
-@pytest.fixture
-async def embedded(
-    sim: RealtimeSimulator, tmp_path: Path
-) -> AsyncIterator[tuple[str, BridgeRuntime]]:
-    settings = Settings(archive_dir=str(tmp_path), max_frame_bytes=4096)
-    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
-    async with hosted_bridge(runtime) as url:
-        yield url, runtime
 
 
 async def full_call(client: TwilioClient) -> None:
