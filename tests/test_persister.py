@@ -83,14 +83,20 @@ def test_close_drains_everything(worker_app: Celery, inthread_worker: object,
     wait_for(lambda: task_ctx.store.live_count() == 50)
 
 
+class StuckDispatcher:
+    """A broker that never answers until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def send(self, task_name: str, *args: object) -> None:
+        self.release.wait(30)
+
+
 def test_save_never_waits_for_a_blocked_publisher() -> None:
-    release = threading.Event()
-
-    class Stuck:
-        def send(self, task_name: str, *args: object) -> None:
-            release.wait(30)
-
-    p = SessionPersister(Stuck(), save_interval_ms=1)
+    stuck = StuckDispatcher()
+    release = stuck.release
+    p = SessionPersister(stuck, save_interval_ms=1)
     p.start()
     state = make_state("c1")
     p.save_now(state)
@@ -165,13 +171,9 @@ async def test_the_embedded_default_runs_the_same_tasks_in_process(tmp_path: Pat
 
 
 def test_close_counts_a_batch_stuck_in_flight_as_unsent() -> None:
-    release = threading.Event()
-
-    class Stuck:
-        def send(self, task_name: str, *args: object) -> None:
-            release.wait(30)
-
-    p = SessionPersister(Stuck(), save_interval_ms=1)
+    stuck = StuckDispatcher()
+    release = stuck.release
+    p = SessionPersister(stuck, save_interval_ms=1)
     p.start()
     p.save_now(make_state("c1"))
     wait_for(lambda: p.metrics().backlog == 1 and p.metrics().dirty == 0)
