@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -13,7 +14,7 @@ from sessions.clock import utc_now
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[..., Any | Awaitable[Any]]
+Handler = Callable[..., Any | Awaitable[Any]]  # plain functions run in a worker thread
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ class FunctionRegistry:
                 call_id, name, args, {"error": f"unknown function {name!r}"}, False
             )
         try:
-            value = spec.handler(**args)
-            if inspect.isawaitable(value):
-                value = await value
+            if inspect.iscoroutinefunction(spec.handler):
+                value = await spec.handler(**args)
+            else:  # a plain function may block (a database, an HTTP API): keep it off the loop
+                value = await asyncio.to_thread(spec.handler, **args)
         except TypeError as exc:
             return FunctionResult(call_id, name, args, {"error": f"bad arguments: {exc}"}, False)
         except Exception as exc:  # noqa: BLE001 - a failing function is reported to the model
