@@ -141,3 +141,15 @@ async def test_a_stale_live_index_entry_does_not_stop_a_sweep_early(
     raw.zadd(keys.live_index, {"c0": 1})  # an index out of step with its session
     result = await redis_storage.expire_batch(3600, 3)
     assert sorted(result.ended) == ["c1", "c2"] and result.vanished == 1
+
+
+async def test_scripts_are_loaded_again_after_redis_forgets_them() -> None:
+    with throwaway_redis() as url:
+        storage = RedisSessionStorage(url, session_prefix="t:")
+        try:
+            await storage.create(make_state("c1"), replace=False, max_live=0)
+            await storage.client.script_flush()  # as after a restart
+            state = await storage.load("c1", touch=True)
+            assert state is not None and state.conversation_id == "c1"
+        finally:
+            await storage.close()
