@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -372,8 +373,6 @@ def _bytes_per_s(fmt: ModelAudioFormat) -> int:
 
 
 def _json_text(value: Any) -> str:
-    import json
-
     return json.dumps(value, default=str)
 
 
