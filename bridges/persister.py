@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import sys
 import threading
@@ -25,6 +24,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from pydantic_core import to_json
 
 from sessions.codec import Snapshot
 from sessions.state import SessionState
@@ -277,7 +278,7 @@ class SessionPersister:
         ends = [(cid, p) for cid, p in batch.items() if p.end_reason is not None]
         for start in range(0, len(saves), self.max_batch):
             chunk = saves[start : start + self.max_batch]
-            wire = json.dumps(encode_politely(p.state for _, p in chunk), separators=(",", ":"))
+            wire = to_json(encode_politely(p.state for _, p in chunk)).decode()
             if not self._publish(names.SAVE_SESSIONS, wire):
                 return dict(saves[start:] + ends)
             self._counts["batches"] += 1
