@@ -64,6 +64,10 @@ def live_sessions(count: int) -> list[SessionState]:
     ]
 
 
+def noop(state: SessionState) -> None:
+    """The control: a call that does nothing, timed exactly like `save()`."""
+
+
 def change(state: SessionState) -> None:
     """One state change of a live call: a transcript item (restarting long transcripts)."""
     if len(state.conversation_history) >= MAX_TURNS:
@@ -205,6 +209,9 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
                                 args.change_ms)  # fmt: skip
     a50, a99, amax = stats_us(alone_ns)
     rows.append(Row("no I/O", len(alone_ns), a50, a99, amax, None, None, None, None, 0, 0, 0))
+    noop_ns, _ = await measure(args.seconds / 2, live_sessions(args.sessions), noop, args.change_ms)
+    n50, n99, nmax = stats_us(noop_ns)
+    rows.append(Row("no-op", len(noop_ns), n50, n99, nmax, None, None, None, None, 0, 0, 0))
     with throwaway_redis() as broker:
         for name, ctx in (("up", nullcontext()), ("paused", paused(broker, args.seconds + 1))):
             with ctx:
@@ -228,6 +235,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         "switch_interval_s": sys.getswitchinterval(),
         "gc": f"thresholds {gc.get_threshold()}, startup objects frozen: {args.tune_gc}",
         "no I/O row": "save() with no publisher thread at all (its own cost)",
+        "no-op row": "a call that does nothing, timed the same way (the machine's own tail)",
     }
     return rows, cond
 
