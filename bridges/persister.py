@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
-from sessions.codec import Snapshot
+from sessions.codec import snapshot_wire
 from sessions.state import SessionState
 from sessions.statistics import percentile
 from tasks import names
@@ -89,15 +89,7 @@ def freeze(state: SessionState) -> FrozenState:
 
 def to_wire(values: FrozenState) -> dict[str, Any]:
     """The JSON form of a frozen state's snapshot."""
-    snap = Snapshot.of_values(values)
-    return {
-        "conversation_id": snap.conversation_id,
-        "epoch": snap.epoch,
-        "seq": snap.seq,
-        "status": snap.status.value,
-        "last_activity_us": snap.last_activity_us,
-        "fields": snap.fields,
-    }
+    return snapshot_wire(values)
 
 
 def tune_gc(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:

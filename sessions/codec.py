@@ -80,6 +80,18 @@ def decode_dict(conversation_id: str, fields: Mapping[str, str]) -> dict[str, An
     return decode_state(conversation_id, fields).to_dict()
 
 
+def snapshot_wire(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`Snapshot.of_values(values)` in its JSON wire form, built without the model (hot path)."""
+    return {
+        "conversation_id": values["conversation_id"],
+        "epoch": values["epoch"],
+        "seq": values["seq"],
+        "status": values["status"].value,
+        "last_activity_us": to_us(values[ACTIVITY_FIELD]),
+        "fields": encode_values(values),
+    }
+
+
 class Snapshot(BaseModel):
     """One session's state at `(epoch, seq)`, as saved by the compare-and-set write."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sessions.codec import Snapshot
+from sessions.codec import Snapshot, snapshot_wire
 from sessions.state import SessionStatus
 from sessions.storage import ArchiveMark, ClaimOutcome, EndOutcome, SessionStorage, UpdateOutcome
 from tests.helpers import make_state, snapshot
@@ -185,3 +185,10 @@ async def test_status_counts_follow_every_transition(storage: SessionStorage) ->
     assert await storage.status_counts() == {"active": 2, "ended": 1, "error": 1}
     stats = await storage.get_stats()
     assert stats["live_sessions"] == 3 and stats["archive_backlog"] == 1
+
+
+def test_the_hot_path_wire_form_equals_the_snapshot_model() -> None:
+    state = make_state("wire-1", caller="+15550100")
+    state.add_conversation_item({"role": "user", "content": 'hello "quoted" \u00fcn\u00efcode'})
+    state.add_audio_chunk(b"\x00\x01\xff")
+    assert snapshot_wire(vars(state)) == Snapshot.of(state).model_dump(mode="json")
