@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000
 GC_GEN1_THRESHOLD = 20
 GC_GEN2_THRESHOLD = 50
-SWITCH_INTERVAL_S = 0.001
 ENCODE_BETWEEN_YIELDS = 8  # snapshots encoded (~20 µs each) between chances for the loop
 
 
@@ -93,17 +91,15 @@ def to_wire(values: FrozenState) -> dict[str, Any]:
 
 
 def tune_gc(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
-    """Runtime settings for a bridge process: GC thresholds and the GIL switch interval.
+    """GC settings for a bridge process, called once by the server after imports.
 
     Every save allocates a few containers; with CPython's default threshold (700) about one
     save in a hundred pays for a young-generation collection, and full collections walk
     every object imported at start-up (frozen here) and every live call's state (made
-    rarer here). A shorter switch interval bounds how long the publisher thread's Python
-    code can keep the event loop waiting for the GIL. Called once by the server.
+    rarer here).
     """
     gc.freeze()
     gc.set_threshold(gen0_threshold, GC_GEN1_THRESHOLD, GC_GEN2_THRESHOLD)
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def encode_politely(states: Iterable[FrozenState]) -> list[dict[str, Any]]:
