@@ -8,8 +8,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from cli.output import (
     EMBEDDED_NOTE,
     EXIT_CONFIG,
@@ -29,9 +27,8 @@ from cli.output import (
 from sessions.clock import utc_now
 from sessions.errors import CorruptSession
 from sessions.factory import build_sink, build_storage
-from sessions.keys import CONVERSATION_ID_PATTERN
 from sessions.redis_async import RedisSessionStorage
-from sessions.redis_ops import redact_url, translate_error
+from sessions.redis_ops import redact_url
 from sessions.service import SessionManagerService
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
@@ -59,11 +56,13 @@ def register(sub: Subparsers) -> None:
         "list",
         parents=[json_option()],
         help="a table of sessions, most recently active first",
-        description="Lists live sessions (or, with --all, every stored one): id, status, "
-        "caller, turns, resumes and idle time. --json prints "
+        description="Lists live sessions (with --all, also ended ones awaiting their archive): "
+        "id, status, caller, turns, resumes and idle time. --json prints "
         '{"total": N, "shown": n, "sessions": [...]}.',
     )
-    listing.add_argument("--all", action="store_true", help="include ended sessions")
+    listing.add_argument("--all", action="store_true",
+                         help="include ended sessions not yet archived (archived calls: "
+                         "`archive export`)")  # fmt: skip
     listing.add_argument(
         "--limit",
         type=positive_int,
@@ -154,17 +153,9 @@ async def _collect(
 
 
 async def _stored_ids(storage: RedisSessionStorage) -> list[str]:
-    """Every conversation id with a key under the prefix (live, ended or archived)."""
-    prefix = storage.session_prefix
-    ids: list[str] = []
-    try:
-        async for key in storage.client.scan_iter(match=prefix + "*", count=1000):
-            rest = key[len(prefix) :]
-            if CONVERSATION_ID_PATTERN.fullmatch(rest):
-                ids.append(rest)
-    except RedisError as exc:
-        raise translate_error(exc, storage.redis_url, None) from exc
-    return ids
+    """Live sessions and ended ones still waiting for their archive, from the indexes."""
+    live = await storage.list_active_sessions()
+    return live + await storage.list_unarchived_ended_sessions()
 
 
 async def _load_all(storage: SessionStorage, ids: list[str]) -> list[SessionState]:

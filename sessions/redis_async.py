@@ -141,6 +141,10 @@ class RedisSessionStorage(SessionStorage):
         """Number of live sessions (one ZCARD)."""
         return int(await self._command("ZCARD", self.ops.keys.live_index))
 
+    async def list_unarchived_ended_sessions(self) -> list[str]:
+        """Ids of ended sessions waiting for their archive (the archive index)."""
+        return list(await self._command("ZRANGE", self.ops.keys.archive_index, 0, -1))
+
     async def archive_backlog(self) -> int:
         """Number of ended sessions waiting for their archive."""
         return int(await self._command("ZCARD", self.ops.keys.archive_index))
