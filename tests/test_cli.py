@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import redis
 
 from cli.main import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main
 from sessions.archive import ArchiveRecord, ArchiveSink, FileSystemSink, PostgresSink
@@ -367,3 +368,14 @@ def test_the_embedded_default_says_where_its_sessions_are(
     assert code == EXIT_CONFIG and "embedded default" in err
     code, out, _ = run(capsys, "doctor")
     assert code == EXIT_OK and "Redis is not needed" in out.splitlines()[0]
+
+
+def test_list_all_reads_the_indexes_not_the_keyspace(
+    capsys: pytest.CaptureFixture[str], archive_dir: Path, redis_url: str, key_prefix: str
+) -> None:
+    create_sessions(redis_url, key_prefix, call("indexed"))
+    stray = redis.Redis.from_url(redis_url)
+    stray.hset(key_prefix + "stray", mapping={"conversation_id": '"stray"'})  # in no index
+    stray.close()
+    code, out, _ = run(capsys, "sessions", "list", "--all")
+    assert code == EXIT_OK and "indexed" in out and "stray" not in out
