@@ -85,11 +85,6 @@ def freeze(state: SessionState) -> FrozenState:
     return values
 
 
-def to_wire(values: FrozenState) -> dict[str, Any]:
-    """The JSON form of a frozen state's snapshot."""
-    return snapshot_wire(values)
-
-
 def tune_gc(gen0_threshold: int = GC_GEN0_THRESHOLD) -> None:
     """GC settings for a bridge process, called once by the server after imports.
 
@@ -112,7 +107,7 @@ def encode_politely(states: Iterable[FrozenState]) -> list[dict[str, Any]]:
     for index, state in enumerate(states):
         if index % ENCODE_BETWEEN_YIELDS == 0:
             time.sleep(0)  # releases the GIL; a waiting thread takes it
-        wire.append(to_wire(state))
+        wire.append(snapshot_wire(state))
     return wire
 
 
@@ -272,7 +267,8 @@ class SessionPersister:
             self._counts["batches"] += 1
             self._counts["snapshots"] += len(chunk)
         for index, (cid, item) in enumerate(ends):
-            if not self._publish(names.END_SESSION, cid, item.end_reason, to_wire(item.state)):
+            final = snapshot_wire(item.state)
+            if not self._publish(names.END_SESSION, cid, item.end_reason, final):
                 return dict(ends[index:])
             self._counts["ends"] += 1
         return {}
