@@ -58,7 +58,6 @@ class BaseBridge(ABC):
         self.transcript: TranscriptManager | None = None
         self.vad = VadManager(runtime.settings.vad_mode, self.model_audio_format)
         self.playback: Playback | None = None
-        self.resumed = False
         self.closed = False
 
     # -- hooks for the telephony side ------------------------------------------------
@@ -135,7 +134,6 @@ class BaseBridge(ABC):
         await self._attach(state, fmt)  # type: ignore[arg-type]
         replayed = await self._model().replay_history(self._replay_items())
         state.metadata = {**state.metadata, "last_resume_replayed_items": replayed}
-        self.resumed = True
         self.runtime.persister.save_now(state)
         self.runtime.metrics.count("resumes")
         log.info("resumed %s: %d turns, %d function calls, %d items replayed", conversation_id,

@@ -18,7 +18,6 @@ from sessions.state import describe_validation_error
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 CLOSE_ERROR = 1011
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -31,7 +30,6 @@ class Incoming:
     data: dict[str, Any] | None
     error: str | None
     received_s: float
-    size_bytes: int
 
 
 class Peer:
@@ -40,7 +38,6 @@ class Peer:
     def __init__(self, websocket: WebSocket, max_frame_bytes: int) -> None:
         self.websocket = websocket
         self.max_frame_bytes = max_frame_bytes
-        self.sent: int = 0
 
     async def messages(self) -> AsyncIterator[Incoming]:
         """Messages until the peer disconnects; malformed ones carry an error instead of data."""
@@ -54,8 +51,7 @@ class Peer:
             received_s = time.perf_counter()
             raw = message.get("text")
             if raw is None:
-                raw_bytes = message.get("bytes") or b""
-                yield Incoming(None, "binary frames are not accepted", received_s, len(raw_bytes))
+                yield Incoming(None, "binary frames are not accepted", received_s)
                 continue
             yield parse(raw, received_s, self.max_frame_bytes)
 
@@ -65,7 +61,6 @@ class Peer:
             return
         try:
             await self.websocket.send_text(json.dumps(data, separators=(",", ":")))
-            self.sent += 1
         except (WebSocketDisconnect, RuntimeError):
             return
 
@@ -82,16 +77,14 @@ def parse(raw: str, received_s: float, max_frame_bytes: int) -> Incoming:
     """A text frame as a JSON object, or the reason it is not one."""
     size = len(raw)
     if size > max_frame_bytes:
-        return Incoming(
-            None, f"message of {size} bytes exceeds {max_frame_bytes}", received_s, size
-        )
+        return Incoming(None, f"message of {size} bytes exceeds {max_frame_bytes}", received_s)
     try:
         data = json.loads(raw)
     except ValueError:
-        return Incoming(None, "malformed JSON", received_s, size)
+        return Incoming(None, "malformed JSON", received_s)
     if not isinstance(data, dict):
-        return Incoming(None, "a message must be a JSON object", received_s, size)
-    return Incoming(data, None, received_s, size)
+        return Incoming(None, "a message must be a JSON object", received_s)
+    return Incoming(data, None, received_s)
 
 
 def validate(model: type[Model], data: dict[str, Any]) -> Model:

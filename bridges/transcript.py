@@ -31,11 +31,6 @@ class TranscriptManager:
         """Something the caller did that is not speech (a DTMF digit), as a caller turn."""
         return self._add("user", text, None, kind="event")
 
-    @property
-    def turns(self) -> list[dict[str, Any]]:
-        """The turns so far (caller and bot), oldest first."""
-        return self.state.conversation_history
-
     def _add(
         self, role: str, text: str, item_id: str | None, kind: str = "speech"
     ) -> dict[str, Any] | None:
