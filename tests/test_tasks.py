@@ -141,3 +141,12 @@ def test_statistics_equal_the_ground_truth(worker_app: Celery, task_ctx: TaskCon
     assert stats["call_duration_s"] == {
         "count": 4, "mean": 75.0, "p50": 60.0, "p90": 120.0, "p99": 120.0, "max": 120.0,
     }  # fmt: skip
+
+
+def test_a_pickled_task_is_refused(worker_app: Celery, task_ctx: TaskContext) -> None:
+    pickled = wire(Snapshot.of(make_state("pickled")))
+    worker_app.send_task(names.SAVE_SESSIONS, args=[pickled], serializer="pickle")
+    worker_app.send_task(names.SAVE_SESSIONS, args=[wire(Snapshot.of(make_state("json")))])
+    wait_for(lambda: applied(task_ctx) == 1)
+    assert task_ctx.store.load_record("json") is not None
+    assert task_ctx.store.load_record("pickled") is None
