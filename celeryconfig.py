@@ -9,6 +9,9 @@ Reliability choices, and why:
 - kombu restores unacknowledged messages older than the visibility timeout; the restore
   pass runs every second here (not every 100 s), so a dead worker's messages come back
   about one visibility timeout after they were delivered;
+- message bodies are compressed with zstd (zlib where the zstd module is missing): a
+  save batch of 500 snapshots shrinks about 5-fold, which the broker, the unacked copy
+  kept for late acks and every JSON pass over the envelope feel directly;
 - retries never wait longer than a few seconds (shorter than the visibility timeout, so a
   waiting retry is not redelivered as a duplicate); archives that keep failing stay in the
   archive backlog index and the sweep queues them again.
@@ -20,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
+from kombu.compression import encoders
 
 from sessions.settings import Settings, load_settings
 
@@ -28,6 +32,7 @@ QUEUES = ("persistence", "archive", "maintenance")
 PREFETCH = {"persistence": 4, "archive": 1, "maintenance": 1}
 SWEEP_TASK = "opus.maintenance.sweep_expired_sessions"
 STATISTICS_TASK = "opus.maintenance.compute_statistics"
+COMPRESSION = "zstd" if "application/zstd" in encoders() else "zlib"
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -41,9 +46,6 @@ def build(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "health_check_interval": 10,
         "retry_on_timeout": True,
-        # Bodies travel as JSON text inside the JSON envelope rather than base64 of it: less
-        # to encode, store (unacked copies included) and decode for large save batches.
-        "body_encoding": None,
     }
     if settings.celery_key_prefix:
         transport["global_keyprefix"] = settings.celery_key_prefix
@@ -56,6 +58,7 @@ def build(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_serializer": "json",
+        "task_compression": COMPRESSION,
         "result_serializer": "json",
         "event_serializer": "json",
         "accept_content": ["json"],

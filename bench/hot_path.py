@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ from typing import Any
 
 import redis
 
+import celeryconfig
+from bench._speech import Sentences
 from bridges.persistence import celery_client
 from bridges.persister import SessionPersister, tune_gc
 from sessions.settings import Settings
@@ -37,7 +40,7 @@ from tasks.runtime import CeleryDispatcher
 from tests.services import free_port, throwaway_redis
 
 TICK_MS = 20
-TURN_TEXT = "a sentence of about sixty characters said in one voice turn."
+SENTENCES = itertools.cycle([Sentences().sentence() for _ in range(4096)])  # speech-like
 MAX_TURNS = 40  # a call's transcript grows to this, then starts over (snapshots stay ~5 KB)
 
 
@@ -72,7 +75,7 @@ def change(state: SessionState) -> None:
     """One state change of a live call: a transcript item (restarting long transcripts)."""
     if len(state.conversation_history) >= MAX_TURNS:
         state.conversation_history = []
-    state.add_conversation_item({"role": "user", "content": TURN_TEXT})
+    state.add_conversation_item({"role": "user", "content": next(SENTENCES)})
 
 
 async def ticker(stop: asyncio.Event, lags_ms: list[float]) -> None:
@@ -229,6 +232,7 @@ async def run_all(args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
         "seconds_per_state": args.seconds,
         "save_interval_ms": settings.save_interval_ms,
         "max_batch": settings.persist_max_batch,
+        "compression": celeryconfig.COMPRESSION,
         "ticker_ms": TICK_MS,
         "broker": "private redis-server, no consumer; paused = CLIENT PAUSE ALL; "
         "down = a closed port",

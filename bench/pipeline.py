@@ -29,6 +29,8 @@ import kombu
 import redis
 from celery import Celery
 
+import celeryconfig
+from bench._speech import Sentences
 from sessions.codec import Snapshot
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
@@ -39,7 +41,6 @@ from tests.workers import ROOT, broker_app, stop, wait_for_ping, worker_env
 BATCH_SIZES = (1, 50, 500)
 SESSIONS = 1000
 TURNS = 12  # conversation items that bring a snapshot to ~2 KB of JSON
-TURN_TEXT = "a sentence of about sixty characters said in one voice turn."
 RAW_PIPELINE = 500
 POLL_S = 0.005
 STALL_S = 60.0
@@ -59,18 +60,19 @@ class Row:
     stale: int
 
 
-def session_state(cid: str) -> SessionState:
-    """An active state with TURNS transcript items."""
+def session_state(cid: str, text: Sentences) -> SessionState:
+    """An active state with TURNS transcript items of speech-like text."""
     state = SessionState(conversation_id=cid, status=SessionStatus.ACTIVE)
     for turn in range(TURNS):
         role = "user" if turn % 2 == 0 else "assistant"
-        state.add_conversation_item({"role": role, "content": TURN_TEXT})
+        state.add_conversation_item({"role": role, "content": text.sentence()})
     return state
 
 
 def build_snapshots(count: int, run: str) -> list[Wire]:
     """Snapshot i is session i % SESSIONS at seq i // SESSIONS + 1 (all apply in FIFO order)."""
-    states = [session_state(f"b{run}-{i:06d}") for i in range(min(count, SESSIONS))]
+    text = Sentences()
+    states = [session_state(f"b{run}-{i:06d}", text) for i in range(min(count, SESSIONS))]
     out: list[Wire] = []
     for i in range(count):
         state = states[i % SESSIONS]
@@ -191,6 +193,7 @@ def conditions(
         "cpus": os.cpu_count(),
         "worker": f"1 process, {' '.join(pool)}, --prefetch-multiplier {prefetch}",
         "snapshot_json_bytes_avg": round(avg_size),
+        "compression": f"{celeryconfig.COMPRESSION} (speech-like transcript text)",
         "sessions": f"{SESSIONS} distinct conversation ids, seq rising per round",
         "counts": {str(k): v for k, v in counts.items()},
     }
@@ -217,22 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefetch", type=int, default=4, help="worker prefetch multiplier")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--solo", action="store_true", help="--pool solo instead of 2 threads")
+    parser.add_argument(
+        "--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="comma-separated"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
     pool = ["--pool", "solo"] if args.solo else ["--pool", "threads", "--concurrency", "2"]
     n = args.snapshots or (2000 if args.quick else 20000)
-    counts = {size: max(size, n // 10) if size == 1 else n for size in BATCH_SIZES}
+    counts = {size: max(size, n // 10) if size == 1 else n for size in sizes}
     run = uuid.uuid4().hex[:8]
     prefix = f"bench:pipe:{run}:"
     snapshots = build_snapshots(n, run)
-    warm = Snapshot.of(session_state(f"w{run}")).model_dump(mode="json")
+    warm = Snapshot.of(session_state(f"w{run}", Sentences(0))).model_dump(mode="json")
     avg_size = sum(len(json.dumps(s)) for s in snapshots) / len(snapshots)
     try:
         raw_s = raw_set_rate(args.redis_url, prefix, snapshots)
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as logs:
             rows = [run_batch_size(args.redis_url, prefix, size, snapshots[: counts[size]], warm,
                                    args.prefetch, Path(logs), pool)
-                    for size in BATCH_SIZES]  # fmt: skip
+                    for size in sizes]  # fmt: skip
     finally:
         delete_prefix(args.redis_url, prefix)
     for row in rows:

@@ -119,7 +119,7 @@ class SessionPersister:
         dispatcher: Dispatcher,
         *,
         save_interval_ms: int = 200,
-        max_batch: int = 100,
+        max_batch: int = 50,
         max_pending: int = 100_000,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
 
     # persister (bridge side)
     save_interval_ms: int = Field(default=200, ge=1, le=60_000, validation_alias="SAVE_INTERVAL_MS")
-    persist_max_batch: int = Field(default=100, ge=1, le=5000, validation_alias="PERSIST_MAX_BATCH")
+    persist_max_batch: int = Field(default=50, ge=1, le=5000, validation_alias="PERSIST_MAX_BATCH")
     persist_max_pending: int = Field(default=100_000, ge=1, validation_alias="PERSIST_MAX_PENDING")
 
     # bridges and the realtime model

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
+from kombu.compression import decompress
 
 from bridges.persistence import build_persistence, celery_client
 from bridges.persister import SessionPersister
@@ -180,3 +184,25 @@ def test_close_counts_a_batch_stuck_in_flight_as_unsent() -> None:
     report = p.close(0.2)
     release.set()
     assert not report.drained and report.unsent == ["c1"]
+
+
+def test_save_batches_travel_compressed_on_the_broker(redis_url: str, broker_prefix: str) -> None:
+    prefix = f"{broker_prefix}wire:"  # a queue no worker consumes
+    client = celery_client(Settings(redis_url=redis_url, celery_key_prefix=prefix))
+    p = SessionPersister(CeleryDispatcher(client, retry=False), save_interval_ms=10_000)
+    p.start()
+    for i in range(50):
+        state = make_state(f"w{i}")
+        for turn in range(12):
+            state.add_conversation_item({"role": "user", "content": f"turn {turn} of call {i}"})
+        p.save(state)
+    assert p.flush(10)
+    p.close(1)
+    raw = redis.Redis.from_url(redis_url).lpop(f"{prefix}persistence")
+    assert raw is not None
+    message = json.loads(raw)
+    assert message["headers"]["compression"] == "application/zstd"
+    body = decompress(base64.b64decode(message["body"]), "application/zstd")
+    (batch,), _, _ = json.loads(body)
+    assert {s["conversation_id"] for s in json.loads(batch)} == {f"w{i}" for i in range(50)}
+    assert len(message["body"]) * 3 < len(body)
