@@ -29,6 +29,9 @@ from sessions.state import SessionState, SessionStatus
 
 log = logging.getLogger(__name__)
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+# Model events whose handlers only talk to the caller and never wait on the model: the
+# realtime client's reader may run them itself (no queue hop on the bot-audio path).
+CALLER_ONLY_EVENTS = frozenset({"response.audio.delta"})
 
 
 class ResumeRefused(ProtocolError):
@@ -341,7 +344,9 @@ class BaseBridge(ABC):
             output_audio_format=self.model_audio_format,
             turn_detection=self.vad.turn_detection,
         )
-        self.model = RealtimeClient(config, self.on_model_event, self._replay_items)
+        self.model = RealtimeClient(
+            config, self.on_model_event, self._replay_items, inline_events=CALLER_ONLY_EVENTS
+        )
         try:
             await self.model.connect()
         except ModelUnavailable:

@@ -2,6 +2,9 @@
 
 Server events reach the bridge through `on_event`, one at a time and in order, from a single
 dispatcher task fed by the reader, so `on_event` may await `send` even during a reconnect.
+Event types named in `inline_events` (the bridge's promise that their handling never waits
+on the model, e.g. audio deltas that only go to the caller) are handled by the reader itself
+whenever nothing is queued or being handled: no hop through the queue, in the same order.
 When the server ends the session (sessions live at most 60 minutes) the client opens a new
 one, sends `session.update` and the bridge's history, then reports `client.reconnected`;
 when it cannot, it reports `client.failed`.
@@ -191,6 +194,7 @@ class RealtimeClient:
         on_event: EventHandler,
         replay: HistorySource | None = None,
         *,
+        inline_events: frozenset[str] = frozenset(),
         reconnect_attempts: int = 5,
         backoff_s: float = 0.2,
         open_timeout_s: float = 10.0,
@@ -204,6 +208,8 @@ class RealtimeClient:
         self.reconnects = 0
         self._on_event = on_event
         self._replay = replay
+        self._inline_events = inline_events
+        self._handling = False
         self._ws: ClientConnection | None = None
         self._ready = asyncio.Event()
         self._send_lock = asyncio.Lock()
@@ -336,7 +342,11 @@ class RealtimeClient:
                 async for raw in ws:
                     received_s = time.perf_counter()
                     event = _parse(raw)
-                    if event is not None:
+                    if event is None:
+                        continue
+                    if self._may_inline(event):
+                        await self._handle(event, received_s)
+                    else:
                         self._deliver(event, received_s)
             if self._closing or not await self._reconnect(ws):
                 return
@@ -385,14 +395,25 @@ class RealtimeClient:
         """Queue one event for `on_event`, with the time it arrived."""
         self._events.put_nowait((event, received_s or time.perf_counter()))
 
+    def _may_inline(self, event: dict[str, Any]) -> bool:
+        """True when the reader may handle `event` itself without reordering anything."""
+        return event["type"] in self._inline_events and not self._handling and self._events.empty()
+
     async def _dispatch(self) -> None:
-        """Hand queued events to `on_event` in order; its failures are logged, never fatal."""
+        """Hand queued events to `on_event` in order."""
         while True:
-            event, self.event_received_s = await self._events.get()
-            try:
-                await self._on_event(event)
-            except Exception:
-                log.exception("on_event failed for a %s event", event.get("type"))
+            event, received_s = await self._events.get()
+            await self._handle(event, received_s)
+
+    async def _handle(self, event: dict[str, Any], received_s: float) -> None:
+        """One event to `on_event`; its failures are logged, never fatal."""
+        self._handling, self.event_received_s = True, received_s
+        try:
+            await self._on_event(event)
+        except Exception:
+            log.exception("on_event failed for a %s event", event.get("type"))
+        finally:
+            self._handling = False
 
 
 def _parse(raw: str | bytes) -> dict[str, Any] | None:

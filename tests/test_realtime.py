@@ -255,6 +255,40 @@ async def test_a_failing_event_handler_does_not_stop_the_events(sim: RealtimeSim
     assert seen[:2] == ["session.created", "session.updated"]
 
 
+async def spoken_turn_events(
+    sim: RealtimeSimulator, inline: frozenset[str]
+) -> list[tuple[str, str]]:
+    """(event type, task that handled it) for one spoken turn; other handlers yield a while."""
+    seen: list[tuple[str, str]] = []
+    done = asyncio.Event()
+
+    async def on_event(event: dict[str, Any]) -> None:
+        task = asyncio.current_task()
+        seen.append((event["type"], task.get_name() if task else ""))
+        if event["type"] == "response.created":
+            for _ in range(5):
+                await asyncio.sleep(0)  # a handler that awaits, so later events queue behind it
+        if event["type"] == "response.done":
+            done.set()
+
+    config = RealtimeConfig(url=sim.url)
+    async with RealtimeClient(config, on_event, inline_events=inline) as client:
+        for frame in speech_frames("4242", "raw/lpcm16_24"):
+            await client.append_audio(frame)
+        await asyncio.wait_for(done.wait(), 5)
+    return seen
+
+
+async def test_caller_only_events_skip_the_queue_without_reordering_anything() -> None:
+    async with RealtimeSimulator(pace=True, delta_ms=20) as sim:  # deltas spaced as in a call
+        queued = await spoken_turn_events(sim, frozenset())
+        inline = await spoken_turn_events(sim, frozenset({"response.audio.delta"}))
+    assert [kind for kind, _ in inline] == [kind for kind, _ in queued]
+    deltas = [task for kind, task in inline if kind == "response.audio.delta"]
+    assert "realtime-reader" in deltas
+    assert {task for kind, task in queued} == {"realtime-dispatcher"}
+
+
 def test_the_config_comes_from_settings_with_overrides() -> None:
     settings = Settings(
         openai_api_key="sk-from-env",
