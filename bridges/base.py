@@ -120,6 +120,7 @@ class BaseBridge(ABC):
         if previous is not None and previous is not self:
             await previous.detach()
         await self.runtime.settle()
+        await self.runtime.await_handoff(conversation_id)
         try:
             claim = await self.runtime.service.try_resume(
                 conversation_id, self.runtime.settings.session_ttl_s

@@ -13,11 +13,13 @@ from bridges.metrics import BridgeMetrics
 from bridges.persistence import Persistence, build_persistence, ping_broker
 from bridges.persister import SessionPersister
 from bridges.realtime import RealtimeConfig
+from sessions.errors import RetryableError
 from sessions.factory import build_storage
 from sessions.memory import MemorySessionStorage
 from sessions.redis_ops import redact_url
 from sessions.service import SessionManagerService
 from sessions.settings import Settings
+from sessions.state import SessionStatus
 from sessions.storage import SessionStorage
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 2.0
 LAG_TICK_S = 0.02
+HANDOFF_POLL_S = 0.02
 
 
 @dataclass
@@ -101,6 +104,39 @@ class BridgeRuntime:
         executor = self.persistence.executor
         if executor is not None:
             await asyncio.to_thread(executor.drain, 1.0)
+
+    async def await_handoff(self, conversation_id: str) -> bool:
+        """Before claiming a call another instance holds, give its last save time to land.
+
+        A caller that reconnects at once can reach this instance before the one it left has
+        stored the call as PAUSED, and that save carries the last turns. While the stored
+        state is ACTIVE and held by another instance, wait for the hand-off, at most
+        RESUME_HANDOFF_MS; an instance that stays silent (it crashed, or never saw the drop)
+        is then fenced out by the claim. True if this had to wait.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.resume_handoff_ms / 1000
+        waited = False
+        while True:
+            try:
+                state = await self.storage.load(conversation_id)
+            except RetryableError:
+                return waited  # the claim reports the outage
+            if state is None or state.status is not SessionStatus.ACTIVE:
+                return waited
+            if state.session_id in (None, self.instance_id):
+                return waited
+            if loop.time() >= deadline:
+                self.metrics.count("resume_handoff_timeouts")
+                log.warning(
+                    "resume of %s: %s did not hand the call over in %d ms; claiming it",
+                    conversation_id, state.session_id, self.settings.resume_handoff_ms,
+                )  # fmt: skip
+                return waited
+            if not waited:
+                self.metrics.count("resume_handoff_waits")
+                waited = True
+            await asyncio.sleep(HANDOFF_POLL_S)
 
     async def health(self) -> dict[str, Any]:
         """Storage and broker reachability, each within HEALTH_TIMEOUT_S."""

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     )
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
     send_session_resumed: bool = Field(default=True, validation_alias="SEND_SESSION_RESUMED")
+    resume_handoff_ms: int = Field(
+        default=1000, ge=0, le=30_000, validation_alias="RESUME_HANDOFF_MS"
+    )
     vad_mode: Literal["server", "local"] = Field(default="server", validation_alias="VAD_MODE")
     max_frame_bytes: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="MAX_FRAME_BYTES"

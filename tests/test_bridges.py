@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ from bridges.runtime import BridgeRuntime
 from bridges.simulator import RealtimeSimulator
 from sessions.settings import Settings
 from sessions.state import SessionStatus
+from tasks.runtime import Dispatcher
 from tests.conftest import wait_until
 from tests.services import throwaway_redis
 from tests.workers import broker_app, subprocess_worker
@@ -100,11 +103,58 @@ async def _has_status(runtime: BridgeRuntime, cid: str, status: SessionStatus) -
     return await stored_status(runtime, cid) is status
 
 
-async def test_a_late_save_from_the_old_instance_loses_to_the_resume(
+class GatedDispatcher:
+    """Holds every publish until opened: an instance slow to hand a dropped call over."""
+
+    def __init__(self, inner: Dispatcher) -> None:
+        self.inner = inner
+        self.opened = threading.Event()
+
+    def send(self, task_name: str, *args: Any) -> None:
+        self.opened.wait(10)
+        self.inner.send(task_name, *args)
+
+
+async def test_a_resume_right_after_a_drop_waits_for_the_old_instance_to_hand_over(
     redis_settings: Settings, sim: RealtimeSimulator
 ) -> None:
     first = BridgeRuntime.build(redis_settings, realtime_url=sim.url)
     second = BridgeRuntime.build(redis_settings, realtime_url=sim.url)
+    async with hosted_bridge(first) as url_a, hosted_bridge(second) as url_b:
+        caller = AudioCodesClient(url_a, "call-handoff")
+        await caller.connect()
+        await caller.initiate()
+        await caller.expect("playStream.stop")
+        await wait_until(lambda: _has_status(first, "call-handoff", SessionStatus.ACTIVE))
+        gate = GatedDispatcher(first.persister.dispatcher)
+        first.persister.dispatcher = gate  # the turn and the PAUSED save wait at the gate
+        await caller.say("123")
+        await caller.expect("playStream.stop")
+        await caller.close()
+        again = AudioCodesClient(url_b, "call-handoff")
+        await again.connect()
+        resumed = asyncio.create_task(again.resume())
+        await wait_until(lambda: _counted(second, "resume_handoff_waits"))
+        gate.opened.set()
+        assert (await resumed)["type"] == "session.accepted"
+        state = second.calls["call-handoff"].state
+        assert state is not None
+        assert ("user", "123") in [(t["role"], t["content"]) for t in state.conversation_history]
+        assert second.metrics.counters["resume_handoff_timeouts"] == 0
+        await again.end("done")
+        await again.closed()
+
+
+async def _counted(runtime: BridgeRuntime, counter: str) -> bool:
+    return runtime.metrics.counters[counter] > 0
+
+
+async def test_a_late_save_from_the_old_instance_loses_to_the_resume(
+    redis_settings: Settings, sim: RealtimeSimulator
+) -> None:
+    first = BridgeRuntime.build(redis_settings, realtime_url=sim.url)
+    impatient = redis_settings.model_copy(update={"resume_handoff_ms": 200})
+    second = BridgeRuntime.build(impatient, realtime_url=sim.url)
     async with hosted_bridge(first) as url_a, hosted_bridge(second) as url_b:
         caller = AudioCodesClient(url_a, "call-race")
         await caller.connect()
@@ -115,6 +165,7 @@ async def test_a_late_save_from_the_old_instance_loses_to_the_resume(
         again = AudioCodesClient(url_b, "call-race")  # resumed while A still holds the call
         await again.connect()
         assert (await again.resume())["type"] == "session.accepted"
+        assert second.metrics.counters["resume_handoff_timeouts"] == 1  # A never handed over
         old.caller = "written late by the old instance"
         first.persister.save(old)  # epoch 1: must lose to epoch 2
         assert await first.persister.aflush(5)
