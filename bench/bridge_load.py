@@ -11,6 +11,9 @@ done), and send, from the sender's send time (carried in the message; one monoto
 on the host) to send done, which also counts time queued in the server and event loop.
 Persistence "on": Redis storage + Celery persister + one worker, keys under a private
 `bench:load:<run>:` prefix deleted at the end; "off": memory storage, no persister work.
+With `--pin` the bridge has CPU 0 to itself and everything else (simulator, worker, clients,
+a private redis-server) shares CPU 1: the bridge's own cost, without the other processes of
+this one host competing with it for the CPU (as they would not in a deployment).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from bridges.audio import MediaFormat, silence
 from bridges.clients import AudioCodesClient
 from bridges.speech import speech_frames
 from sessions.settings import Settings
-from tests.services import delete_prefix, free_port
+from tests.services import delete_prefix, free_port, throwaway_redis
 from tests.workers import ROOT, broker_app, stop, wait_for_ping, worker_env
 
 try:
@@ -240,6 +243,8 @@ def run_one(n: int, mode: str, args: argparse.Namespace, env: dict[str, str], lo
         cmd = [*me, "--serve-bridge", str(bridge_port), "--realtime-url", url,
                "--persistence", mode, "--deflate", args.deflate]  # fmt: skip
         pids["bridge"] = (bridge := stack.enter_context(spawn(cmd, env, log))).pid
+        if args.pin:
+            os.sched_setaffinity(bridge.pid, {0})  # alone there; the rest stays on CPU 1
         wait_port(bridge_port, bridge, log)
         with asyncio.Runner(loop_factory=LOOP) as runner:
             return runner.run(drive(n, mode, bridge_port, args.seconds, pids, args.seed))
@@ -270,6 +275,10 @@ def conditions(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
         "relay = the bridge's metric (bridge code gets message -> send done); send = "
         "sender's send -> send done",
         "loop lag": f"bridge event loop: lateness of a {TICK_MS} ms sleep",
+        "pinning": "bridge alone on CPU 0; simulator, worker, clients and a private "
+        "redis-server on CPU 1"
+        if args.pin
+        else "none (every process on every CPU)",
         "cpu": f"% of one CPU per process (host: whole machine), user+sys over the window "
         f"({'psutil' if psutil else '/proc'})",
     }
@@ -338,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deflate", choices=("on", "off"), default="on",
                         help="permessage-deflate on both WebSocket legs of the bridge "
                         "(on: what the servers negotiate by default)")  # fmt: skip
+    parser.add_argument("--pin", action="store_true",
+                        help="bridge alone on CPU 0, the rest (and a private redis-server) on "
+                        "CPU 1: the bridge's own cost without host contention")  # fmt: skip
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="N 25,100; 8 s")
     parser.add_argument("--json", action="store_true")
@@ -356,7 +368,23 @@ def main(argv: list[str] | None = None) -> int:
     args.seconds = args.seconds or (8.0 if args.quick else 20.0)
     calls = args.calls or ("25,100" if args.quick else "25,50,100,150,200")
     modes, prefix = args.persistence.split(","), f"bench:load:{uuid.uuid4().hex[:8]}:"
-    cond, rows = conditions(args, prefix), []
+    with ExitStack() as stack:
+        if args.pin:
+            os.sched_setaffinity(0, {1})  # inherited by every process started from here
+            args.redis_url = stack.enter_context(throwaway_redis())
+        cond = conditions(args, prefix)
+        rows = run_all(args, calls, modes, prefix)
+    result = verdict(rows)
+    if args.json:
+        doc = {"conditions": cond, "rows": [asdict(r) for r in rows], "result": result}
+        print(json.dumps(doc, indent=2))
+    else:
+        print_report(cond, rows, result)
+    return 0
+
+
+def run_all(args: argparse.Namespace, calls: str, modes: list[str], prefix: str) -> list[Row]:
+    rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
             common = {"ARCHIVE_DIR": str(Path(tmp) / "archive"), "ARCHIVE_URL": "",
@@ -373,13 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if "on" in modes:
             delete_prefix(args.redis_url, prefix)
-    result = verdict(rows)
-    if args.json:
-        doc = {"conditions": cond, "rows": [asdict(r) for r in rows], "result": result}
-        print(json.dumps(doc, indent=2))
-    else:
-        print_report(cond, rows, result)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
