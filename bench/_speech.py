@@ -1,8 +1,8 @@
 """Transcript text for benchmarks: varied like speech, so compression sees realistic input.
 
 Every session's turns are different sentences drawn from a fixed vocabulary of 2,000
-pseudo-words (seeded, so runs compare): zlib shrinks such JSON about as much as it shrinks
-real call transcripts, not 40-fold as it would one repeated sentence.
+pseudo-words (seeded, so runs compare): the broker's compression shrinks such JSON about as
+much as it shrinks real call transcripts, not 40-fold as it would one repeated sentence.
 """
 
 from __future__ import annotations

@@ -198,8 +198,9 @@ def test_save_batches_travel_compressed_on_the_broker(redis_url: str, broker_pre
         p.save(state)
     assert p.flush(10)
     p.close(1)
-    raw = redis.Redis.from_url(redis_url).lpop(f"{prefix}persistence")
-    assert raw is not None
+    with redis.Redis.from_url(redis_url) as reader:
+        raw = reader.lpop(f"{prefix}persistence")
+    assert isinstance(raw, bytes)
     message = json.loads(raw)
     assert message["headers"]["compression"] == "application/zstd"
     body = decompress(base64.b64decode(message["body"]), "application/zstd")
