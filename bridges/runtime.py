@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -105,38 +106,39 @@ class BridgeRuntime:
         if executor is not None:
             await asyncio.to_thread(executor.drain, 1.0)
 
-    async def await_handoff(self, conversation_id: str) -> bool:
+    async def await_handoff(self, conversation_id: str) -> None:
         """Before claiming a call another instance holds, give its last save time to land.
 
         A caller that reconnects at once can reach this instance before the one it left has
         stored the call as PAUSED, and that save carries the last turns. While the stored
         state is ACTIVE and held by another instance, wait for the hand-off, at most
         RESUME_HANDOFF_MS; an instance that stays silent (it crashed, or never saw the drop)
-        is then fenced out by the claim. True if this had to wait.
+        is then fenced out by the claim.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.resume_handoff_ms / 1000
-        waited = False
-        while True:
-            try:
-                state = await self.storage.load(conversation_id)
-            except RetryableError:
-                return waited  # the claim reports the outage
-            if state is None or state.status is not SessionStatus.ACTIVE:
-                return waited
-            if state.session_id in (None, self.instance_id):
-                return waited
+        for attempt in itertools.count():
+            holder = await self._holder_elsewhere(conversation_id)
+            if holder is None:
+                return
             if loop.time() >= deadline:
                 self.metrics.count("resume_handoff_timeouts")
-                log.warning(
-                    "resume of %s: %s did not hand the call over in %d ms; claiming it",
-                    conversation_id, state.session_id, self.settings.resume_handoff_ms,
-                )  # fmt: skip
-                return waited
-            if not waited:
+                log.warning("resume of %s: %s did not hand the call over in %d ms; claiming it",
+                            conversation_id, holder, self.settings.resume_handoff_ms)  # fmt: skip
+                return
+            if attempt == 0:
                 self.metrics.count("resume_handoff_waits")
-                waited = True
             await asyncio.sleep(HANDOFF_POLL_S)
+
+    async def _holder_elsewhere(self, conversation_id: str) -> str | None:
+        """The other instance that holds the call ACTIVE, if any."""
+        try:
+            state = await self.storage.load(conversation_id)
+        except RetryableError:
+            return None  # the claim reports the outage
+        if state is None or state.status is not SessionStatus.ACTIVE:
+            return None
+        return None if state.session_id == self.instance_id else state.session_id
 
     async def health(self) -> dict[str, Any]:
         """Storage and broker reachability, each within HEALTH_TIMEOUT_S."""
