@@ -9,7 +9,10 @@ COPY tasks ./tasks
 COPY workers ./workers
 COPY bridges ./bridges
 COPY cli ./cli
-RUN pip install --no-cache-dir . \
+# EXTRAS=sim adds what the local simulator needs (the `openai` package, for its strict checks);
+# the production image leaves it out.
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" \
     && useradd --create-home --uid 1000 opus \
     && mkdir -p /var/lib/opus/archive \
     && chown -R opus /var/lib/opus

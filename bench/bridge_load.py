@@ -43,8 +43,8 @@ import uvicorn
 from websockets.version import version as websockets_version
 
 from bridges.audio import MediaFormat, silence
-from bridges.clients import AudioCodesClient
-from bridges.speech import speech_frames
+from bridges.sim.speech import speech_frames
+from bridges.sim.telephony import AudioCodesClient
 from sessions.settings import Settings
 from tests.services import delete_prefix, free_port, throwaway_redis
 from tests.workers import ROOT, broker_app, stop, wait_for_ping, worker_env
@@ -261,8 +261,8 @@ def conditions(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
         "topology": "bridge: 1 subprocess (uvicorn, tune_gc); simulator: 1 subprocess "
         "(RealtimeSimulator pace=True, 20 ms deltas); the N clients: this process",
         "permessage-deflate": f"{args.deflate} on both legs (caller-bridge and bridge-model)",
-        "formats": "caller raw/lpcm16 16 kHz (640 B/frame) -> model pcm16 24 kHz (960 B); "
-        "bot pcm16 24 kHz -> caller 16 kHz; server VAD in the simulator",
+        "formats": "caller raw/lpcm16 16 kHz (640 B/frame) -> model audio/pcm 24 kHz (960 B); "
+        "bot audio/pcm 24 kHz -> caller 16 kHz; server VAD in the simulator",
         "workload": f"{FRAME_MS} ms frames both ways, caller on absolute deadlines; 3-8 digit "
         f"utterances + silence; starts over {RAMP_S:g} s, window opens {WARMUP_S:g} s after "
         f"the last start, {args.seconds:g} s measured, then userStream.stop + hangup",

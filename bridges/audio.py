@@ -16,7 +16,8 @@ with warnings.catch_warnings():
     import audioop
 
 MediaFormat = Literal["raw/lpcm16", "raw/lpcm16_8", "raw/lpcm16_24", "raw/mulaw"]
-ModelAudioFormat = Literal["pcm16", "g711_ulaw"]
+# The model's formats, by their GA `audio.*.format.type` names (PCM16 at 24 kHz, µ-law 8 kHz).
+ModelAudioFormat = Literal["audio/pcm", "audio/pcmu"]
 AudioFormat = MediaFormat | ModelAudioFormat
 
 MEDIA_FORMATS: tuple[MediaFormat, ...] = (
@@ -54,8 +55,17 @@ ENCODINGS: dict[str, Encoding] = {
     "raw/lpcm16_8": Encoding(8_000, mulaw=False),
     "raw/lpcm16_24": Encoding(24_000, mulaw=False),
     "raw/mulaw": Encoding(8_000, mulaw=True),
-    "pcm16": Encoding(24_000, mulaw=False),
-    "g711_ulaw": Encoding(8_000, mulaw=True),
+    "audio/pcm": Encoding(24_000, mulaw=False),
+    "audio/pcmu": Encoding(8_000, mulaw=True),
+}
+# What the model hears and speaks for each telephony format: µ-law passes through as
+# `audio/pcmu`, 24 kHz PCM as `audio/pcm`; only the PCM rates the model does not take are
+# resampled (to 24 kHz, never down to µ-law, which would lose quality).
+MODEL_FORMAT_FOR: dict[MediaFormat, ModelAudioFormat] = {
+    "raw/lpcm16_24": "audio/pcm",
+    "raw/lpcm16": "audio/pcm",
+    "raw/lpcm16_8": "audio/pcm",
+    "raw/mulaw": "audio/pcmu",
 }
 
 
@@ -65,6 +75,17 @@ def encoding_of(fmt: str) -> Encoding:
         return ENCODINGS[fmt]
     except KeyError:
         raise ValueError(f"unknown audio format {fmt!r}") from None
+
+
+def model_format_for(media_format: MediaFormat) -> ModelAudioFormat:
+    """The model audio format a call in `media_format` uses (both ways)."""
+    return MODEL_FORMAT_FOR[media_format]
+
+
+def bytes_per_second(fmt: AudioFormat) -> int:
+    """Bytes one second of mono audio in `fmt` takes."""
+    enc = encoding_of(fmt)
+    return enc.rate_hz * enc.bytes_per_sample
 
 
 def sample_rate_hz(fmt: AudioFormat) -> int:

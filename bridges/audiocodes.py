@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridges.audio import MediaFormat, negotiate
 from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
-from bridges.errors import ModelUnavailable, ProtocolError, UnsupportedMediaFormat
+from bridges.errors import ModelRefused, ModelUnavailable, ProtocolError, UnsupportedMediaFormat
 from bridges.peer import CLOSE_NORMAL, Incoming, Peer, decode_audio, encode_audio, validate
 from bridges.runtime import BridgeRuntime
 from sessions.errors import InvalidConversationId, SessionLimitReached
@@ -69,7 +69,6 @@ class AudioCodesBridge(BaseBridge):
     """One VAIC conversation on one WebSocket."""
 
     bridge_type = "audiocodes"
-    model_audio_format = "pcm16"
 
     def __init__(self, runtime: BridgeRuntime, peer: Peer) -> None:
         super().__init__(runtime)
@@ -107,7 +106,7 @@ class AudioCodesBridge(BaseBridge):
         except ResumeRefused as exc:
             await self._error(str(exc), incoming.data.get("conversationId"))
             self.hangup = True
-        except (UnsupportedMediaFormat, ModelUnavailable, SessionLimitReached) as exc:
+        except (UnsupportedMediaFormat, ModelUnavailable, ModelRefused, SessionLimitReached) as exc:
             await self._error(str(exc), incoming.data.get("conversationId"))
             self.hangup = self.state is None
         except (ProtocolError, InvalidConversationId) as exc:
@@ -199,6 +198,12 @@ class AudioCodesBridge(BaseBridge):
             params = {"transferTarget": action.get("destination")}
             activity = {"type": "event", "name": "transfer", "activityParams": params}
             await self._send("activities", activities=[activity])
+
+    async def on_hang_up(self, reason: str) -> None:
+        activity = {"type": "event", "name": "hangup", "activityParams": {"hangupReason": reason}}
+        await self._send("activities", activities=[activity])
+        self.hangup = True
+        await self.peer.close(CLOSE_NORMAL, reason)
 
     # -- helpers ------------------------------------------------------------------------------
 

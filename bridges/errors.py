@@ -23,3 +23,11 @@ class AuthenticationFailed(BridgeError, TerminalError):
 
 class ModelUnavailable(BridgeError, RetryableError):
     """The realtime model could not be reached, or its connection dropped."""
+
+
+class ModelRefused(BridgeError, TerminalError):
+    """The realtime model refused the session (credentials, quota, a setting): no retry helps."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting

@@ -49,6 +49,7 @@ class BridgeMetrics:
         default_factory=lambda: {"to_model": LatencyHistogram(), "to_caller": LatencyHistogram()}
     )
     loop_lag_ms: LatencyHistogram = field(default_factory=LatencyHistogram)
+    model_rate_limits: dict[str, int] = field(default_factory=dict)  # remaining, by limit name
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a counter (calls_started, frames_in, frames_out, resumes, errors, ...)."""
@@ -65,6 +66,7 @@ class BridgeMetrics:
             "counters": dict(self.counters),
             "relay_latency_ms": {k: h.summary() for k, h in self.relay_ms.items()},
             "event_loop_lag_ms": self.loop_lag_ms.summary(),
+            "model_rate_limits_remaining": dict(self.model_rate_limits),
             "persister": persister,
         }
 
@@ -82,6 +84,12 @@ def prometheus_text(metrics: BridgeMetrics, live_calls: int, persister: dict[str
     _histogram(lines, "opus_bridge_event_loop_lag_ms",
                "How late a 20 ms timer on the bridge's event loop fires, in ms.",
                {"": metrics.loop_lag_ms})  # fmt: skip
+    if metrics.model_rate_limits:
+        name = "opus_model_rate_limit_remaining"
+        help_text = "What the model's last rate_limits.updated left, by limit."
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for limit, remaining in sorted(metrics.model_rate_limits.items()):
+            lines.append(f'opus_model_rate_limit_remaining{{name="{_label(limit)}"}} {remaining}')
     for key in ("backlog", "dirty", "live_sessions", "publish_failures", "dropped"):
         if isinstance(persister.get(key), int):
             add(
@@ -107,6 +115,11 @@ def _histogram(
         labels = f"{{{label}}}" if label else ""
         lines.append(f"{name}_sum{labels} {hist.sum_ms:.3f}")
         lines.append(f"{name}_count{labels} {hist.total}")
+
+
+def _label(value: str) -> str:
+    """A label value with Prometheus's escapes."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")[:64]
 
 
 def _writer(lines: list[str]) -> Callable[[str, str, str, float], None]:

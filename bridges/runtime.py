@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from bridges.functions import FunctionRegistry, default_registry
 from bridges.metrics import BridgeMetrics
+from bridges.model import RealtimeConfig
 from bridges.persistence import Persistence, build_persistence, ping_broker
 from bridges.persister import SessionPersister
-from bridges.realtime import RealtimeConfig
 from sessions.errors import RetryableError
 from sessions.factory import build_storage
 from sessions.memory import MemorySessionStorage
@@ -51,7 +51,11 @@ class BridgeRuntime:
     def build(
         cls, settings: Settings, *, realtime_url: str | None = None, schedule: bool = True
     ) -> BridgeRuntime:
-        """Storage, persister and task dispatch as the settings describe them."""
+        """Storage, persister and task dispatch as the settings describe them.
+
+        ConfigError when the model provider's settings are incomplete (checked before a call).
+        """
+        RealtimeConfig.from_settings(settings)
         storage = build_storage(settings)
         memory = storage if isinstance(storage, MemorySessionStorage) else None
         persistence = build_persistence(settings, memory, schedule=schedule)

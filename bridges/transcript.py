@@ -27,6 +27,10 @@ class TranscriptManager:
         """A bot turn (the transcript of what the model said)."""
         return self._add("assistant", text, item_id)
 
+    def unheard(self, item_id: str | None = None) -> dict[str, Any] | None:
+        """A caller turn whose transcription failed: kept (empty) so the turn is not lost."""
+        return self._add("user", "", item_id, kind="unheard")
+
     def event(self, text: str) -> dict[str, Any] | None:
         """Something the caller did that is not speech (a DTMF digit), as a caller turn."""
         return self._add("user", text, None, kind="event")

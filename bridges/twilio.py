@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 
 from bridges.audio import MULAW_SILENCE, MediaFormat, media_format_from_twilio
 from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
-from bridges.errors import ProtocolError, UnsupportedMediaFormat
+from bridges.errors import ModelRefused, ProtocolError, UnsupportedMediaFormat
 from bridges.peer import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
@@ -167,7 +167,6 @@ class TwilioBridge(BaseBridge):
     """
 
     bridge_type = "twilio"
-    model_audio_format = "g711_ulaw"
 
     def __init__(self, runtime: BridgeRuntime, peer: Peer) -> None:
         super().__init__(runtime)
@@ -219,6 +218,8 @@ class TwilioBridge(BaseBridge):
             await self._dispatch(incoming)
         except (StreamRefused, ResumeRefused) as exc:
             self._refuse(getattr(exc, "code", CLOSE_POLICY), str(exc))
+        except ModelRefused as exc:
+            self._refuse(CLOSE_ERROR, f"model refused the session: check {exc.setting}")
         except (RetryableError, SessionLimitReached) as exc:
             self._refuse(CLOSE_ERROR, str(exc))
         except (ProtocolError, InvalidConversationId) as exc:

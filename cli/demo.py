@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from bridges.clients import AudioCodesClient, Message, TwilioClient
 from bridges.hosting import hosted_bridge
 from bridges.runtime import BridgeRuntime
-from bridges.simulator import RealtimeSimulator
+from bridges.sim.server import RealtimeSimulator
+from bridges.sim.telephony import AudioCodesClient, Message, TwilioClient
 from sessions.redis_ops import redact_url
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
@@ -130,7 +130,7 @@ async def run_demo(settings: Settings, protocol: str = "audiocodes", with_worker
     out.note("demo", f"{protocol} call {cid} on the {mode}")
     with worker:
         async with RealtimeSimulator() as sim:
-            out.note("model", "realtime simulator listening", url=sim.url)
+            out.note("model", "strict Realtime GA simulator listening", url=sim.url)
             async with two_bridges(settings, sim.url) as ((url_1, url_2), runtime):
                 out.note("bridges", "two bridge instances up", first=url_1, second=url_2)
                 play = _play_audiocodes if protocol == "audiocodes" else _play_twilio
@@ -138,9 +138,34 @@ async def run_demo(settings: Settings, protocol: str = "audiocodes", with_worker
                 state = await _wait_archived(runtime, cid, settings)
                 location = _archive_location(settings, cid)
                 out.note("archive", "call archived", location=location)
+                if sim.violations():
+                    raise DemoFailed(f"the model refused client events: {sim.violations()}")
     return {"conversation_id": cid, "protocol": protocol, "archive": location,
             "turns": len(state.conversation_history), "resumed_count": state.resumed_count,
-            "end_reason": state.end_reason, "steps": out.steps}  # fmt: skip
+            "end_reason": state.end_reason, "model": _model_summary(state),
+            "usage": state.usage.counters(), "steps": out.steps}  # fmt: skip
+
+
+def _model_summary(state: SessionState) -> dict[str, Any]:
+    """Provider, model, voice and audio formats the call used (from its stored state)."""
+    info = state.realtime
+    if info is None:
+        return {}
+    return {"provider": info.provider, "model": info.model, "voice": info.voice,
+            "input_format": info.input_format, "output_format": info.output_format,
+            "transcription_model": info.transcription_model,
+            "model_sessions": info.sessions}  # fmt: skip
+
+
+def _note_model(out: Timeline, sim: RealtimeSimulator, telephony: str) -> None:
+    """What the model session was set up with, as the model saw it (its session.updated)."""
+    config = sim.connections[-1].config
+    audio = config["audio"]
+    out.note("model", "GA session set up (session.update accepted, no beta header)",
+             model=config["model"], voice=audio["output"]["voice"],
+             audio_in=audio["input"]["format"]["type"], audio_out=audio["output"]["format"]["type"],
+             telephony=telephony,
+             transcription=(audio["input"]["transcription"] or {}).get("model"))  # fmt: skip
 
 
 async def _play_audiocodes(out: Timeline, cid: str, url_1: str, url_2: str,
@@ -149,6 +174,7 @@ async def _play_audiocodes(out: Timeline, cid: str, url_1: str, url_2: str,
     await caller.connect()
     if (await caller.initiate())["type"] != "session.accepted":
         raise DemoFailed(f"session.initiate was refused: {caller.received[-1]}")
+    _note_model(out, sim, "raw/lpcm16 (16 kHz PCM, resampled to and from 24 kHz)")
     await caller.expect("playStream.stop")
     for digits in ("123", "9123"):
         await caller.say(digits)
@@ -174,6 +200,7 @@ async def _play_twilio(out: Timeline, cid: str, url_1: str, url_2: str,
     await stream.connect()
     await stream.start({"caller": "+15550100"})
     await stream.expect("mark")
+    _note_model(out, sim, "audio/x-mulaw 8 kHz (passed through as audio/pcmu)")
     for digits in ("123", "9123"):
         await stream.say(digits)
         await stream.expect("mark")

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cli import doctor, export_cmd, sessions_cmd, stats_cmd
 from cli.output import (
@@ -78,7 +78,26 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\ncall {result['conversation_id']}: {result['turns']} turns, resumed "
               f"{result['resumed_count']}x, ended ({result['end_reason']}), archived at "
               f"{result['archive']}")  # fmt: skip
+        print(demo_model_line(result))
     return EXIT_OK
+
+
+def demo_model_line(result: dict[str, Any]) -> str:
+    """The demo's model and token summary, in words."""
+    model, usage = result.get("model") or {}, result.get("usage") or {}
+    tokens = (
+        f"{usage.get('input_tokens', 0)} input ({usage.get('input_audio_tokens', 0)} audio, "
+        f"{usage.get('input_text_tokens', 0)} text, {usage.get('cached_tokens', 0)} cached), "
+        f"{usage.get('output_tokens', 0)} output ({usage.get('output_audio_tokens', 0)} audio, "
+        f"{usage.get('output_text_tokens', 0)} text) over {usage.get('responses', 0)} responses; "
+        f"transcription {usage.get('transcription_input_tokens', 0)} in / "
+        f"{usage.get('transcription_output_tokens', 0)} out"
+    )
+    return (
+        f"model: {model.get('provider')} {model.get('model')}, voice {model.get('voice')}, audio "
+        f"{model.get('input_format')} in / {model.get('output_format')} out, "
+        f"{model.get('model_sessions')} model sessions; tokens: {tokens}"
+    )
 
 
 def register_serve(sub: Subparsers) -> None:
@@ -106,20 +125,29 @@ def register_simulator(sub: Subparsers) -> None:
     """`simulator`: the local realtime-model simulator."""
     parser = sub.add_parser(
         "simulator",
-        help="run the local realtime-model simulator (OpenAI Realtime protocol subset)",
-        description="Serves a deterministic realtime model on ws://HOST:PORT/v1/realtime; "
-        "point OPENAI_REALTIME_URL at it to run bridges without the internet.",
+        help="run the local strict Realtime GA simulator (a deterministic model)",
+        description="Serves a deterministic realtime model speaking the OpenAI Realtime GA "
+        "protocol on ws://HOST:PORT/v1/realtime (and /openai/v1/realtime, Azure's path); it "
+        "refuses the beta dialect and any key the protocol does not define. Point "
+        "OPENAI_REALTIME_URL at it to run bridges without the internet.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address")
     parser.add_argument("--port", type=int, default=8765, help="listen port (0: any free port)")
+    parser.add_argument(
+        "--max-session-s",
+        type=float,
+        default=None,
+        help="end each model session after this many seconds, as the real server does at its "
+        "cap (default: 3600 announced, never enforced)",
+    )
     parser.set_defaults(handler=run_simulator)
 
 
 def run_simulator(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the simulator until interrupted."""
-    from bridges.simulator import run_simulator as simulate
+    from bridges.sim.server import run_simulator as simulate
 
-    asyncio.run(simulate(args.host, args.port))
+    asyncio.run(simulate(args.host, args.port, max_session_s=args.max_session_s))
     return EXIT_OK
 
 

@@ -89,7 +89,7 @@ def _document_rows(key: str, value: Any) -> list[tuple[str, Any]]:
         unit = " s" if key.endswith("_s") else ""
         label = key.removesuffix("_s").replace("_", " ")
         return [
-            (f"{label} {name}", _with_unit(v, "" if name == "count" else unit))
+            (f"{label} {name.replace('_', ' ')}", _with_unit(v, "" if name == "count" else unit))
             for name, v in value.items()
         ]
     return [(key.replace("_", " "), value)]

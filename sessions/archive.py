@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from sessions.clock import utc_now
 from sessions.errors import RetryableError, TerminalError
 from sessions.state import SessionState, SessionStatus
+from sessions.usage import ModelInfo, ModelUsage
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class ArchiveRecord(BaseModel):
     function_calls: list[dict[str, Any]]
     error_count: int
     last_error: str | None
+    realtime: ModelInfo | None = None
+    usage: ModelUsage = ModelUsage()
     state: dict[str, Any]
     archived_at: datetime
 
@@ -58,7 +61,8 @@ class ArchiveRecord(BaseModel):
         if state.status is not SessionStatus.ENDED or state.ended_at is None:
             raise NotArchivable(f"session {state.conversation_id!r} is {state.status.value}")
         full = state.to_dict()
-        full.pop("audio_buffer", None)
+        for promoted in ("audio_buffer", "realtime", "usage"):  # the last two: top level
+            full.pop(promoted, None)
         return cls(
             conversation_id=state.conversation_id,
             session_id=state.session_id,
@@ -75,6 +79,8 @@ class ArchiveRecord(BaseModel):
             function_calls=state.function_calls,
             error_count=state.error_count,
             last_error=state.last_error,
+            realtime=state.realtime,
+            usage=state.usage,
             state=full,
             archived_at=utc_now(),
         )

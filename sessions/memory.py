@@ -66,8 +66,15 @@ class MemorySessionStorage(SessionStorage):
     async def delete_session(self, conversation_id: str) -> bool:
         return self.store.delete(check_conversation_id(conversation_id))
 
-    async def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
-        return self.store.mark_archived(check_conversation_id(conversation_id), duration_s)
+    async def mark_archived(
+        self,
+        conversation_id: str,
+        duration_s: float = 0.0,
+        counters: Mapping[str, int] | None = None,
+    ) -> ArchiveMark:
+        return self.store.mark_archived(
+            check_conversation_id(conversation_id), duration_s, counters
+        )
 
     async def read_statistics(self) -> dict[str, Any] | None:
         return self.store.read_statistics()

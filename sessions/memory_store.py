@@ -262,8 +262,13 @@ class MemoryStore:
             return None
         return StoredSession(decode_state(conversation_id, fields), ARCHIVED_FIELD in fields)
 
-    def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
-        """Flag an ended session as archived, count it and keep its duration (idempotent)."""
+    def mark_archived(
+        self,
+        conversation_id: str,
+        duration_s: float = 0.0,
+        counters: Mapping[str, int] | None = None,
+    ) -> ArchiveMark:
+        """Flag an ended session as archived, count it, keep its duration, add `counters` once."""
         with self._lock:
             record = self._records.get(conversation_id)
             if record is None or _status(record) != ENDED:
@@ -274,6 +279,8 @@ class MemoryStore:
             record[ARCHIVED_FIELD] = "1"
             self._events["archived"] += 1
             self._durations.appendleft(duration_s)
+            for name, amount in (counters or {}).items():
+                self._events[name] += int(amount)
         return ArchiveMark.MARKED
 
     def archive_overdue(self, older_than_s: float, limit: int) -> list[str]:

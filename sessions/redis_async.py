@@ -124,8 +124,13 @@ class RedisSessionStorage(SessionStorage):
     async def delete_session(self, conversation_id: str) -> bool:
         return bool(await self._run(self.ops.delete(conversation_id), conversation_id))
 
-    async def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
-        call = self.ops.mark_archived(conversation_id, duration_s)
+    async def mark_archived(
+        self,
+        conversation_id: str,
+        duration_s: float = 0.0,
+        counters: Mapping[str, int] | None = None,
+    ) -> ArchiveMark:
+        call = self.ops.mark_archived(conversation_id, duration_s, counters)
         return ARCHIVE_MARKS[int(await self._run(call, conversation_id))]
 
     async def read_statistics(self) -> dict[str, Any] | None:

@@ -202,8 +202,10 @@ class RedisOps:
         keys = [self.keys.live_index, self.keys.archive_index, self.keys.status_counts]
         return ScriptCall("expire_batch", keys, args)
 
-    def mark_archived(self, conversation_id: str, duration_s: float) -> ScriptCall:
-        """Flag an ended session archived, count it, keep its duration; then its key may go."""
+    def mark_archived(
+        self, conversation_id: str, duration_s: float, counters: Mapping[str, int] | None = None
+    ) -> ScriptCall:
+        """Flag an ended session archived, count it, keep its duration, add `counters` once."""
         k = self.keys
         keys = [k.session(conversation_id), k.archive_index, k.events, k.durations]
         args: list[Arg] = [
@@ -212,6 +214,8 @@ class RedisOps:
             repr(float(duration_s)),
             DURATIONS_KEPT,
         ]
+        for name, amount in (counters or {}).items():
+            args += [name, int(amount)]
         return ScriptCall("mark_archived", keys, args)
 
     @staticmethod

@@ -249,7 +249,8 @@ return {ended, vanished}
 )
 
 # KEYS: session, archive index, event counters, durations list
-# ARGV: cid, retention_ms, duration_s, durations_kept
+# ARGV: cid, retention_ms, duration_s, durations_kept, then counter, amount, ... (added to the
+#       event counters once, with the flag: the call's model usage)
 MARK_ARCHIVED = r"""
 local cur = redis.call('HMGET', KEYS[1], 'status', '_archived')
 if cur[1] ~= '"ended"' then return 0 end
@@ -260,6 +261,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'archived', 1)
 redis.call('LPUSH', KEYS[4], ARGV[3])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
+for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 

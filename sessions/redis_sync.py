@@ -109,9 +109,11 @@ class SyncRedisStore:
         index = self.ops.keys.archive_index
         return list(self._do("ZRANGEBYSCORE", index, "-inf", cutoff_us, "LIMIT", 0, limit))
 
-    def mark_archived(self, conversation_id: str, duration_s: float) -> ArchiveMark:
-        """Flag an ended session as archived (idempotent)."""
-        call = self.ops.mark_archived(conversation_id, duration_s)
+    def mark_archived(
+        self, conversation_id: str, duration_s: float, counters: Mapping[str, int] | None = None
+    ) -> ArchiveMark:
+        """Flag an ended session as archived (idempotent; `counters` are added once)."""
+        call = self.ops.mark_archived(conversation_id, duration_s, counters)
         return ARCHIVE_MARKS[int(self._run(call, conversation_id))]
 
     def add_event(self, name: str, amount: int = 1) -> None:

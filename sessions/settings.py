@@ -81,14 +81,44 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="MAX_FRAME_BYTES"
     )
+
+    # the realtime model (OpenAI Realtime GA protocol, on OpenAI or Azure OpenAI)
+    model_provider: Literal["openai", "azure"] = Field(
+        default="openai", validation_alias="MODEL_PROVIDER"
+    )
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     openai_realtime_url: str = Field(
         default="wss://api.openai.com/v1/realtime", validation_alias="OPENAI_REALTIME_URL"
     )
     openai_realtime_model: str = Field(
-        default="gpt-4o-realtime-preview", min_length=1, validation_alias="OPENAI_REALTIME_MODEL"
+        default="gpt-realtime",
+        min_length=1,
+        max_length=200,
+        validation_alias="OPENAI_REALTIME_MODEL",
     )
-    openai_voice: str = Field(default="alloy", min_length=1, validation_alias="OPENAI_VOICE")
+    azure_openai_endpoint: str | None = Field(
+        default=None, validation_alias="AZURE_OPENAI_ENDPOINT"
+    )
+    azure_openai_deployment: str | None = Field(
+        default=None, min_length=1, max_length=200, validation_alias="AZURE_OPENAI_DEPLOYMENT"
+    )
+    azure_openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias="AZURE_OPENAI_API_KEY"
+    )
+    azure_openai_ad_token: SecretStr | None = Field(
+        default=None, validation_alias="AZURE_OPENAI_AD_TOKEN"
+    )
+    openai_voice: str = Field(
+        default="marin", min_length=1, max_length=100, validation_alias="OPENAI_VOICE"
+    )
+    openai_transcription_model: str | None = Field(
+        default="gpt-4o-mini-transcribe",
+        max_length=200,
+        validation_alias="OPENAI_TRANSCRIPTION_MODEL",
+    )
+    model_noise_reduction: Literal["near_field", "far_field", "off"] = Field(
+        default="near_field", validation_alias="MODEL_NOISE_REDUCTION"
+    )
     bot_instructions: str = Field(
         default="You are a helpful voice assistant on a phone call. Be brief.",
         validation_alias="BOT_INSTRUCTIONS",
@@ -108,10 +138,15 @@ class Settings(BaseSettings):
         "audiocodes_bot_token",
         "twilio_auth_token",
         "openai_api_key",
+        "azure_openai_api_key",
+        "azure_openai_ad_token",
+        "azure_openai_endpoint",
+        "azure_openai_deployment",
+        "openai_transcription_model",
         mode="before",
     )
     @classmethod
-    def _empty_secret_is_unset(cls, value: Any) -> Any:
+    def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
     @field_validator("redis_url")
@@ -128,6 +163,13 @@ class Settings(BaseSettings):
     def _ws_scheme(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("ws", "wss"):
             raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("azure_openai_endpoint")
+    @classmethod
+    def _azure_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("https", "wss", "http", "ws"):
+            raise ValueError("must be https://<resource>.openai.azure.com (or a wss:// URL)")
         return value
 
     @field_validator("archive_url")

@@ -20,6 +20,7 @@ from pydantic import (
 from sessions.clock import as_utc, utc_now
 from sessions.errors import InvalidSessionData, SessionEnded
 from sessions.keys import CONVERSATION_ID_PATTERN
+from sessions.usage import ModelInfo, ModelUsage
 
 SCHEMA_VERSION = 2
 DEFAULT_AUDIO_BUFFER_MAX_BYTES = 256 * 1024
@@ -67,6 +68,8 @@ class SessionState(BaseModel):
     openai_session_id: str | None = None
     openai_conversation_id: str | None = None
     active_response_id: str | None = None
+    realtime: ModelInfo | None = None
+    usage: ModelUsage = Field(default_factory=ModelUsage)
     error_count: int = Field(default=0, ge=0)
     last_error: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)

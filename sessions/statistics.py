@@ -8,6 +8,7 @@ from typing import Any
 
 from sessions.clock import utc_now
 from sessions.storage import SyncSessionStore
+from sessions.usage import ModelUsage
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
@@ -46,4 +47,5 @@ def compute_statistics(store: SyncSessionStore) -> dict[str, Any]:
         "sessions_expired": events.get("sessions_expired", 0),
         "last_sweep_us": events.get("last_sweep_us"),
         "call_duration_s": duration_summary(store.recent_durations()),
+        "model_usage": ModelUsage.from_event_counters(events).model_dump(),
     }

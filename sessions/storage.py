@@ -140,8 +140,13 @@ class SessionStorage(ABC):
         """End up to `limit` live sessions idle for more than `max_age_s`."""
 
     @abstractmethod
-    async def mark_archived(self, conversation_id: str, duration_s: float = 0.0) -> ArchiveMark:
-        """Flag an ended session as archived (counted); its hot state may then go."""
+    async def mark_archived(
+        self,
+        conversation_id: str,
+        duration_s: float = 0.0,
+        counters: Mapping[str, int] | None = None,
+    ) -> ArchiveMark:
+        """Flag an ended session as archived (counted, `counters` added once); it may then go."""
 
     @abstractmethod
     async def read_statistics(self) -> dict[str, Any] | None:
@@ -220,7 +225,9 @@ class SyncSessionStore(Protocol):
     def end(self, conversation_id: str, reason: str) -> EndOutcome: ...
     def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult: ...
     def archive_overdue(self, older_than_s: float, limit: int) -> list[str]: ...
-    def mark_archived(self, conversation_id: str, duration_s: float) -> ArchiveMark: ...
+    def mark_archived(
+        self, conversation_id: str, duration_s: float, counters: Mapping[str, int] | None = None
+    ) -> ArchiveMark: ...
     def add_event(self, name: str, amount: int = 1) -> None: ...
     def mark_time(self, name: str) -> None: ...
     def events(self) -> dict[str, int]: ...

@@ -87,7 +87,9 @@ def _write_and_mark(ctx: TaskContext, conversation_id: str) -> str:
     except ArchiveUnavailable:
         ctx.store.add_event("archive_failures")
         raise
-    mark = ctx.store.mark_archived(state.conversation_id, record.duration_s)
+    mark = ctx.store.mark_archived(
+        state.conversation_id, record.duration_s, record.usage.event_counters()
+    )
     return "archived" if mark is ArchiveMark.MARKED else mark.value
 
 

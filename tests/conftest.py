@@ -16,7 +16,7 @@ from celery.contrib.testing.worker import start_worker
 import celeryconfig
 from bridges.hosting import hosted_bridge
 from bridges.runtime import BridgeRuntime
-from bridges.simulator import RealtimeSimulator
+from bridges.sim.server import RealtimeSimulator
 from sessions.archive import FileSystemSink
 from sessions.factory import build_sync_store
 from sessions.memory import MemorySessionStorage

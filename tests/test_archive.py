@@ -16,6 +16,7 @@ from sessions.codec import Snapshot
 from sessions.errors import CorruptSession
 from sessions.state import SessionState
 from sessions.storage import ArchiveMark
+from sessions.usage import ModelInfo, ModelUsage
 from tasks import names
 from tasks.archive import archive_one
 from tasks.runtime import TaskContext
@@ -80,6 +81,22 @@ def test_archiving_twice_to_the_filesystem_gives_one_record(
     assert json.loads(files[0].read_text())["conversation_id"] == "c1"
     assert task_ctx.store.events()["archived"] == 1
     assert not list((tmp_path / "archive").rglob(".tmp-*"))
+
+
+def test_an_archived_call_adds_its_model_usage_to_the_statistics_once(
+    task_ctx: TaskContext,
+) -> None:
+    state = ended_state("c1")
+    state.usage = ModelUsage(responses=3, input_tokens=420, cached_tokens=100, output_tokens=90)
+    state.realtime = ModelInfo(provider="openai", model="gpt-realtime", voice="marin",
+                               input_format="audio/pcmu", output_format="audio/pcmu")  # fmt: skip
+    task_ctx.store.save(Snapshot.of(state))
+    assert archive_one(task_ctx, "c1") == "archived"
+    assert archive_one(task_ctx, "c1") == ArchiveMark.ALREADY.value
+    events = task_ctx.store.events()
+    assert ModelUsage.from_event_counters(events) == state.usage
+    record = task_ctx.sink.read("c1")
+    assert record is not None and record.usage == state.usage and record.realtime == state.realtime
 
 
 def test_archiving_twice_to_postgres_gives_one_record(

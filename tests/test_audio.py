@@ -24,7 +24,8 @@ from bridges.audio import (
     silence,
 )
 from bridges.errors import ProtocolError, UnsupportedMediaFormat
-from bridges.speech import EnergyVad, speech_frames, synthesize, transcribe
+from bridges.sim.speech import speech_frames, synthesize, transcribe
+from bridges.vad import EnergyVad
 
 TONE_AMPLITUDE = 10_000
 PAIRS = [(fmt, model) for fmt in MEDIA_FORMATS for model in MODEL_AUDIO_FORMATS]
@@ -83,7 +84,7 @@ def test_a_tone_survives_the_round_trip_with_its_amplitude_and_length(
 def test_every_20_ms_frame_resamples_to_exactly_480_samples_and_back(
     telephony: MediaFormat, samples: int
 ) -> None:
-    converter = AudioConverter(telephony, "pcm16")
+    converter = AudioConverter(telephony, "audio/pcm")
     width = encoding_of(telephony).bytes_per_sample
     sent = frames_of(telephony, encode(telephony, tone_pcm(encoding_of(telephony).rate_hz, 200)))
     assert {len(f) for f in sent} == {samples * width}
@@ -93,7 +94,7 @@ def test_every_20_ms_frame_resamples_to_exactly_480_samples_and_back(
 
 
 def test_identical_formats_pass_chunks_through_as_the_same_object() -> None:
-    for telephony, model in [("raw/lpcm16_24", "pcm16"), ("raw/mulaw", "g711_ulaw")]:
+    for telephony, model in [("raw/lpcm16_24", "audio/pcm"), ("raw/mulaw", "audio/pcmu")]:
         converter = AudioConverter(telephony, model)  # type: ignore[arg-type]
         chunk = bytes(range(160)) * 2
         assert converter.passthrough
@@ -103,11 +104,11 @@ def test_identical_formats_pass_chunks_through_as_the_same_object() -> None:
 
 def test_an_odd_length_pcm16_chunk_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="odd length"):
-        AudioConverter("raw/lpcm16", "pcm16").to_model(b"\x00\x01\x02")
+        AudioConverter("raw/lpcm16", "audio/pcm").to_model(b"\x00\x01\x02")
     with pytest.raises(ProtocolError):
-        AudioConverter("raw/mulaw", "pcm16").from_model(b"\x00")
+        AudioConverter("raw/mulaw", "audio/pcm").from_model(b"\x00")
     with pytest.raises(ProtocolError):
-        AudioConverter("raw/lpcm16_24", "pcm16").to_model(b"\x00")
+        AudioConverter("raw/lpcm16_24", "audio/pcm").to_model(b"\x00")
 
 
 def test_negotiation_prefers_24k_then_16k_then_8k_then_mulaw() -> None:
@@ -134,10 +135,10 @@ def test_frame_sizes_and_silence() -> None:
     assert frame_bytes("raw/lpcm16_8", 20) == 320
     assert frame_bytes("raw/lpcm16_24", 20) == 960
     assert frame_bytes("raw/mulaw", 20) == 160
-    assert frame_bytes("g711_ulaw", 100) == 800
+    assert frame_bytes("audio/pcmu", 100) == 800
     assert silence("raw/mulaw", 20) == b"\xff" * 160
     assert silence("raw/lpcm16", 20) == bytes(640)
-    assert mulaw_to_pcm16(silence("g711_ulaw", 20)) == bytes(320)
+    assert mulaw_to_pcm16(silence("audio/pcmu", 20)) == bytes(320)
 
 
 def test_speech_is_transcribed_from_its_own_audio_at_every_rate() -> None:

@@ -13,10 +13,10 @@ import pytest
 import redis
 from websockets.exceptions import InvalidStatus
 
-from bridges.clients import AudioCodesClient
 from bridges.hosting import hosted_bridge
 from bridges.runtime import BridgeRuntime
-from bridges.simulator import RealtimeSimulator
+from bridges.sim.server import RealtimeSimulator
+from bridges.sim.telephony import AudioCodesClient
 from sessions.settings import Settings
 from sessions.state import SessionStatus
 from tasks.runtime import Dispatcher
@@ -360,7 +360,7 @@ async def test_local_vad_detects_turns_when_the_model_does_not(
         await client.expect(lambda m: m.get("type") == "playStream.start" and m["streamId"] == "2")
         received = sim.connections[-1].received
         state = runtime.calls["local-vad"].state
-    assert sim.connections[-1].config["turn_detection"] is None
+    assert sim.connections[-1].config["audio"]["input"]["turn_detection"] is None
     assert "input_audio_buffer.commit" in [e["type"] for e in received]
     assert state is not None and state.conversation_history[1]["content"] == "31"
 

@@ -22,6 +22,7 @@ from sessions.codec import Snapshot
 from sessions.redis_async import RedisSessionStorage
 from sessions.service import SessionManagerService
 from sessions.state import SessionState, SessionStatus
+from sessions.usage import ModelUsage
 from tasks.maintenance import refresh_statistics, sweep
 from tasks.runtime import TaskContext
 from tests.conftest import wait_for
@@ -187,7 +188,9 @@ def test_stats_show_the_statistics_of_a_known_set(
         state = make_state(f"done{i}", created_at=now - timedelta(seconds=seconds))
         state.end("caller hung up", at=now)
         store.save(Snapshot.of(state))
-        store.mark_archived(f"done{i}", seconds)
+        usage = ModelUsage(responses=2, input_tokens=100 * (i + 1), output_audio_tokens=7)
+        store.mark_archived(f"done{i}", seconds, usage.event_counters())
+        store.mark_archived(f"done{i}", seconds, usage.event_counters())  # a repeat adds nothing
     refresh_statistics(task_ctx)
     code, out, _ = run(capsys, "--json", "stats")
     assert code == EXIT_OK
@@ -201,6 +204,8 @@ def test_stats_show_the_statistics_of_a_known_set(
         0,
     )
     assert document["call_duration_s"]["p50"] == 60.0 and document["call_duration_s"]["max"] == 90.0
+    usage = document["model_usage"]
+    assert (usage["responses"], usage["input_tokens"], usage["output_audio_tokens"]) == (6, 600, 21)
     code, out, _ = run(capsys, "stats")
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
     assert (rows["live sessions"], rows["sessions active"], rows["sessions ended"]) == (
@@ -209,6 +214,7 @@ def test_stats_show_the_statistics_of_a_known_set(
         "3",
     )
     assert (rows["archived"], rows["call duration p50"]) == ("3", "60 s")
+    assert rows["model usage input tokens"] == "600"
 
 
 # -- archive export ----------------------------------------------------------------------

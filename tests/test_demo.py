@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,10 +40,23 @@ def test_the_demo_on_the_embedded_default_prints_the_resume_and_the_archive(tmp_
     assert "<- session.resumed" in out and "greeting=not repeated" in out
     assert "kinds=system,assistant,user,assistant,user,function_call,function_call_output" in out
     assert "call archived" in out and str(tmp_path) in out
+    assert "GA session set up" in out and "audio_in=audio/pcm" in out
+    assert "model: openai gpt-realtime, voice marin, audio audio/pcm in / audio/pcm out" in out
+    assert re.search(r"tokens: [1-9]\d* input .* [1-9]\d* output .* over 5 responses", out)
     archived = list(tmp_path.rglob("demo-*.json"))
     assert len(archived) == 1
     record = json.loads(archived[0].read_text())
     assert record["resumed_count"] == 1 and record["end_reason"] == "caller hung up"
+    assert record["usage"]["responses"] == 5 and record["realtime"]["voice"] == "marin"
+
+
+def test_the_twilio_demo_passes_mulaw_through_as_pcmu(tmp_path: Path) -> None:
+    done = cli("demo", "--protocol", "twilio", env={"ARCHIVE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert (
+        "audio_in=audio/pcmu" in done.stdout
+        and "audio audio/pcmu in / audio/pcmu out" in done.stdout
+    )
 
 
 def test_the_demo_runs_on_redis_with_an_in_process_worker(
@@ -58,6 +72,7 @@ def test_the_demo_runs_on_redis_with_an_in_process_worker(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["resumed_count"] == 1 and result["turns"] == 8
+    assert result["model"]["model"] == "gpt-realtime" and result["usage"]["output_tokens"] > 0
     assert Path(result["archive"]).is_file()
 
 

@@ -12,10 +12,10 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
-from bridges.clients import TwilioClient
 from bridges.hosting import hosted_bridge
 from bridges.runtime import BridgeRuntime
-from bridges.simulator import RealtimeSimulator
+from bridges.sim.server import RealtimeSimulator
+from bridges.sim.telephony import TwilioClient
 from bridges.twilio import TwilioBridge
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
@@ -74,7 +74,7 @@ async def test_a_full_call_on_the_embedded_default_is_ended_and_archived(
         await runtime.settle()
         state = await stored(runtime)
         assert state.status is SessionStatus.ENDED and state.end_reason == "call ended"
-        assert sim.connections[0].config["input_audio_format"] == "g711_ulaw"
+        assert sim.connections[0].config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
         assert runtime.metrics.counters["protocol_errors"] == 0
         again = TwilioClient(url, CALL, "MZ2")  # a stream for the ended call is refused
         await again.connect()

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from bridges.audio import MediaFormat
-from bridges.speech import speech_frames
+from bridges.sim.speech import speech_frames
 
 Message = dict[str, Any]
 Observer = Callable[[str, Message], None]

@@ -9,8 +9,6 @@ from __future__ import annotations
 import array
 import math
 import statistics
-from dataclasses import dataclass
-from typing import Literal
 
 from bridges.audio import (
     MediaFormat,
@@ -112,57 +110,3 @@ def utterance_audio(text: str, rate_hz: int = 24_000) -> bytes:
     """The digits of `text` as speech, or a short tone when it has none (PCM16 LE mono)."""
     digits = digits_of(text)
     return synthesize(digits, rate_hz) if digits else tone(rate_hz)
-
-
-@dataclass(frozen=True)
-class VadEvent:
-    """Speech started or stopped at a sample index counted from the stream's start."""
-
-    kind: Literal["speech_started", "speech_stopped"]
-    sample: int
-    rate_hz: int
-
-    @property
-    def at_ms(self) -> int:
-        """The event's time in the stream."""
-        return self.sample * 1000 // self.rate_hz
-
-
-class EnergyVad:
-    """Speech starts at the first sample above `threshold` and stops after `silence_ms` quiet."""
-
-    def __init__(self, rate_hz: int = 24_000, *, threshold: int = 500, silence_ms: int = 300):
-        self.rate_hz = rate_hz
-        self.threshold = threshold
-        self.silence_ms = silence_ms
-        self.speaking = False
-        self.samples_seen = 0
-        self._quiet_samples = 0
-
-    def feed(self, pcm: bytes) -> list[VadEvent]:
-        """The speech starts and stops within the next chunk of PCM16 LE audio."""
-        samples = pcm16_samples(pcm)
-        loud = [i for i, s in enumerate(samples) if abs(s) > self.threshold]
-        events = []
-        if not self.speaking and loud:
-            self.speaking = True
-            self._quiet_samples = 0
-            events.append(self._event("speech_started", self.samples_seen + loud[0]))
-        self.samples_seen += len(samples)
-        if not self.speaking:
-            return events
-        self._quiet_samples = (
-            len(samples) - 1 - loud[-1] if loud else self._quiet_samples + len(samples)
-        )
-        if self._quiet_samples * 1000 >= self.silence_ms * self.rate_hz:
-            self.speaking = False
-            events.append(self._event("speech_stopped", self.samples_seen - self._quiet_samples))
-        return events
-
-    def reset(self) -> None:
-        """Forget a speech in progress."""
-        self.speaking = False
-        self._quiet_samples = 0
-
-    def _event(self, kind: Literal["speech_started", "speech_stopped"], sample: int) -> VadEvent:
-        return VadEvent(kind, sample, self.rate_hz)
