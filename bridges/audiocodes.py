@@ -62,7 +62,7 @@ class Activity(BaseModel):
 
 
 class Activities(Message):
-    activities: list[Activity] = Field(max_length=100)
+    activities: list[Any] = Field(max_length=100)  # each entry validated on its own
 
 
 class AudioCodesBridge(BaseBridge):
@@ -77,6 +77,7 @@ class AudioCodesBridge(BaseBridge):
         self.stream_count = 0
         self.stream_id: str | None = None
         self.hangup = False
+        self.close_reason = "call ended"
 
     async def run(self) -> None:
         """Serve messages until the peer leaves or the call ends."""
@@ -84,7 +85,7 @@ class AudioCodesBridge(BaseBridge):
             async for incoming in self.peer.messages():
                 await self._handle(incoming)
                 if self.hangup:
-                    await self.peer.close(CLOSE_NORMAL, "call ended")
+                    await self.peer.close(CLOSE_NORMAL, self.close_reason)
                     return
         finally:
             if not self.closed:
@@ -95,9 +96,13 @@ class AudioCodesBridge(BaseBridge):
             await self._error(incoming.error or "bad message")
             return
         kind = incoming.data.get("type")
-        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            await self._error(f"unknown message type {str(kind)[:60]!r}")
+        if not isinstance(kind, str):
+            await self._error("a message needs a string 'type'")
+            return
+        handler = _HANDLERS.get(kind)
+        if handler is None:  # the Bot API adds message types over time: not an error
+            self.runtime.metrics.count("ignored_messages")
+            log.info("call %s: ignoring AudioCodes message type %.60r", self.conversation_id, kind)
             return
         try:
             if self.state is None and kind not in _BEFORE_SESSION:
@@ -105,7 +110,7 @@ class AudioCodesBridge(BaseBridge):
             await handler(self, incoming)
         except ResumeRefused as exc:
             await self._error(str(exc), incoming.data.get("conversationId"))
-            self.hangup = True
+            self.hangup, self.close_reason = True, f"resume refused: {exc}"
         except (UnsupportedMediaFormat, ModelUnavailable, ModelRefused, SessionLimitReached) as exc:
             await self._error(str(exc), incoming.data.get("conversationId"))
             self.hangup = self.state is None
@@ -156,16 +161,26 @@ class AudioCodesBridge(BaseBridge):
         await self.caller_audio(decode_audio(msg.audioChunk), incoming.received_s)
 
     async def _activities(self, incoming: Incoming) -> None:
+        """Each valid entry is acted on in order; the bad ones are reported together after."""
         msg = validate(Activities, self._mine(incoming))
-        for activity in msg.activities:
-            if activity.name == "dtmf":
-                if activity.value is None or activity.value not in DTMF_DIGITS:
+        bad: list[str] = []
+        for index, entry in enumerate(msg.activities):
+            try:
+                activity = validate(Activity, entry if isinstance(entry, dict) else {})
+                if activity.name == "dtmf" and activity.value not in DTMF_DIGITS:
                     raise ProtocolError(f"dtmf value {activity.value!r} is not one of 0-9 * # A-D")
+            except ProtocolError as exc:
+                bad.append(f"activities[{index}]: {exc}")
+                continue
+            if activity.name == "dtmf":
                 await self.caller_event(f"DTMF {activity.value}")
             elif activity.name == "hangup":
                 await self.end_call("caller hung up")
                 self.hangup = True
-                return
+                break
+        if bad:
+            self.runtime.metrics.count("protocol_errors")
+            await self._error("; ".join(bad)[:500])
 
     async def _validate_connection(self, incoming: Incoming) -> None:
         msg = validate(Message, self._data(incoming))
@@ -199,7 +214,7 @@ class AudioCodesBridge(BaseBridge):
             activity = {"type": "event", "name": "transfer", "activityParams": params}
             await self._send("activities", activities=[activity])
 
-    async def on_hang_up(self, reason: str) -> None:
+    async def on_hang_up(self, reason: str, failed: bool) -> None:
         activity = {"type": "event", "name": "hangup", "activityParams": {"hangupReason": reason}}
         await self._send("activities", activities=[activity])
         self.hangup = True

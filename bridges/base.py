@@ -72,8 +72,8 @@ class BaseBridge(ModelTurns, ABC):
     async def on_action(self, action: dict[str, Any]) -> None:
         """A function asked the telephony side to act (e.g. transfer the call)."""
 
-    async def on_hang_up(self, reason: str) -> None:
-        """The bot ended the call: tell the telephony side (its hang-up, then close)."""
+    async def on_hang_up(self, reason: str, failed: bool) -> None:
+        """The bot ended the call (`failed`: because of an error): tell the telephony side."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -91,7 +91,10 @@ class BaseBridge(ModelTurns, ABC):
         When the model cannot be reached or refuses the session, the call is ended (status
         ERROR, archived) and the error is raised for the telephony side to refuse the call.
         """
-        fields = {"bridge_type": self.bridge_type, "media_format": media_format, **fields}
+        # The first write names this instance as the live call's holder.
+        fields = {"bridge_type": self.bridge_type, "media_format": media_format,
+                  "status": SessionStatus.ACTIVE, "session_id": self.runtime.instance_id,
+                  **fields}  # fmt: skip
         try:
             state = await self.runtime.service.create_session(conversation_id, **fields)
         except SessionExists:
@@ -122,17 +125,24 @@ class BaseBridge(ModelTurns, ABC):
         if previous is not None and previous is not self:
             await previous.detach()
         await self.runtime.settle()
-        await self.runtime.await_handoff(conversation_id)
+        silent = await self.runtime.handover.await_handoff(conversation_id)
         try:
             claim = await self.runtime.service.try_resume(
-                conversation_id, self.runtime.settings.session_ttl_s
-            )
+                conversation_id, self.runtime.settings.session_ttl_s,
+                holder=self.runtime.instance_id,
+            )  # fmt: skip
         except RetryableError as exc:
             raise ResumeRefused(f"session store unavailable: {exc}") from None
         if claim.state is None:
             raise ResumeRefused(RESUME_REFUSALS[claim.outcome])
         state = claim.state
         state.session_id = self.runtime.instance_id
+        if silent is not None:
+            log.warning("resume of %s: %s never handed the call over within %d ms; resumed "
+                        "with what was stored: %d turns, %d function calls (later saves of %s "
+                        "add the turns they alone have)", conversation_id, silent,
+                        self.runtime.settings.resume_handoff_ms, len(state.conversation_history),
+                        len(state.function_calls), silent)  # fmt: skip
         fmt: MediaFormat = media_format or state.media_format  # type: ignore[assignment]
         state.media_format = fmt
         try:
@@ -168,30 +178,41 @@ class BaseBridge(ModelTurns, ABC):
 
     async def end_call(self, reason: str) -> None:
         """End the session (terminal): final state and archive go out through the persister."""
+        if self._record_end(reason):
+            await self._release()
+
+    async def hang_up(self, reason: str) -> None:
+        """The bot ends the call: end the session, hang up on the caller, close the model."""
+        failed = self.state is not None and self.state.status is SessionStatus.ERROR
+        if self._record_end(reason):
+            await self.on_hang_up(reason, failed)
+            await self._release()
+
+    def _record_end(self, reason: str) -> bool:
+        """Record the end (once); False when there is nothing to end."""
         state = self.state
         if state is None or self.closed:
-            return
+            return False
         self.closed = True
         self.runtime.persister.end(state, reason)
         self.runtime.metrics.count("calls_ended")
-        await self._release()
-
-    async def hang_up(self, reason: str) -> None:
-        """The bot ends the call: end the session, then hang up on the caller."""
-        if self.closed:
-            return
-        await self.end_call(reason)
-        await self.on_hang_up(reason)
+        return True
 
     async def detach(self) -> None:
-        """The telephony side went away without ending: keep the session PAUSED for a resume."""
+        """The telephony side went away without ending: hand the call over PAUSED.
+
+        The model session closes first (nothing more changes the state), then the state and
+        its whole history are written straight to storage, and only then is the call released.
+        """
         state = self.state
         if state is None or self.closed:
             return
         self.closed = True
+        if self.model is not None:
+            await self.model.close()
         if state.status is not SessionStatus.ENDED:
             state.set_status(SessionStatus.PAUSED)
-            self.runtime.persister.save_now(state)
+            await self.runtime.handover.hand_off(state)
         await self._release()
 
     # -- caller audio and events --------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sessions.clock import utc_now
+from sessions.history import history_entry, new_entry_id
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,15 @@ class FunctionResult:
     action: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
-        """The entry stored in `SessionState.function_calls`."""
-        return {
-            "call_id": self.call_id,
-            "name": self.name,
-            "arguments": self.arguments,
-            "result": self.result,
-            "ok": self.ok,
-            "timestamp": utc_now().isoformat(),
-        }
+        """The entry stored in `SessionState.function_calls` (a history entry: id first)."""
+        return history_entry(
+            new_entry_id("call"),
+            call_id=self.call_id,
+            name=self.name,
+            arguments=self.arguments,
+            result=self.result,
+            ok=self.ok,
+        )
 
 
 @dataclass

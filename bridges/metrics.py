@@ -71,11 +71,28 @@ class BridgeMetrics:
         }
 
 
-def prometheus_text(metrics: BridgeMetrics, live_calls: int, persister: dict[str, Any]) -> str:
+# The storage's event counters shown on every bridge's /metrics (what workers and other
+# instances did to the shared sessions), each present from the start.
+STORE_EVENTS = ("resumes", "snapshots_applied", "snapshots_stale", "snapshots_stale_merged",
+                "archived", "archive_failures", "sessions_expired")  # fmt: skip
+
+
+def prometheus_text(
+    metrics: BridgeMetrics,
+    live_calls: int,
+    persister: dict[str, Any],
+    store_events: dict[str, int] | None = None,
+) -> str:
     """The Prometheus exposition text of the bridge's metrics."""
     lines: list[str] = []
     add = _writer(lines)
     add("opus_bridge_live_calls", "gauge", "Calls connected to this bridge.", live_calls)
+    if store_events is not None:
+        name = "opus_store_events_total"
+        lines += [f"# HELP {name} Events of the shared session store, by event.",
+                  f"# TYPE {name} counter"]  # fmt: skip
+        for event in STORE_EVENTS:
+            lines.append(f'{name}{{event="{event}"}} {store_events.get(event, 0)}')
     for name, value in sorted(metrics.counters.items()):
         add(f"opus_bridge_{name}_total", "counter", f"Count of {name.replace('_', ' ')}.", value)
     _histogram(lines, "opus_bridge_relay_latency_ms",

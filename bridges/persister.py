@@ -135,6 +135,7 @@ class SessionPersister:
         self._in_flight: dict[str, _Pending] = {}
         self._live: set[str] = set()
         self._ending: set[str] = set()
+        self._tasks: list[tuple[str, tuple[Any, ...]]] = []  # other tasks, sent in order
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._stopping = False
@@ -167,6 +168,20 @@ class SessionPersister:
         state.end(reason)
         state.seq += 1
         self._put(state.conversation_id, _Pending(freeze(state), reason))
+        self._wake.set()
+
+    def forget(self, conversation_id: str, *, stored: bool = True) -> None:
+        """The call left this instance; when its state is `stored`, drop its older unsent saves."""
+        with self._lock:
+            pending = self._pending.get(conversation_id)
+            if stored and pending is not None and pending.end_reason is None:
+                del self._pending[conversation_id]
+            self._live.discard(conversation_id)
+
+    def archive(self, conversation_id: str) -> None:
+        """Queue the archive of a call ended in storage (sent by the publisher thread)."""
+        with self._lock:
+            self._tasks.append((names.ARCHIVE_SESSION, (conversation_id,)))
         self._wake.set()
 
     async def aflush(self, timeout_s: float = 5.0) -> bool:
@@ -217,7 +232,7 @@ class SessionPersister:
 
     def _drained(self) -> bool:
         with self._lock:
-            return not self._pending and not self._in_flight
+            return not self._pending and not self._in_flight and not self._tasks
 
     # -- the publisher thread -----------------------------------------------------
 
@@ -239,6 +254,7 @@ class SessionPersister:
             self._idle.notify_all()
 
     def _publish_pending(self) -> None:
+        self._publish_tasks()
         with self._lock:
             batch, self._pending = self._pending, {}
             self._in_flight = batch
@@ -255,6 +271,15 @@ class SessionPersister:
                 if item.end_reason is not None and cid not in unsent:
                     self._ending.discard(cid)
             self._in_flight = {}
+
+    def _publish_tasks(self) -> None:
+        with self._lock:
+            tasks, self._tasks = self._tasks, []
+        for index, (name, args) in enumerate(tasks):
+            if not self._publish(name, *args):
+                with self._lock:
+                    self._tasks[:0] = tasks[index:]
+                return
 
     def _send(self, batch: dict[str, _Pending]) -> dict[str, _Pending]:
         saves = [(cid, p) for cid, p in batch.items() if p.end_reason is None]

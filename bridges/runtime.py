@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bridges.control import ControlListener
 from bridges.functions import FunctionRegistry, default_registry
+from bridges.handover import Handover
 from bridges.metrics import BridgeMetrics
 from bridges.model import RealtimeConfig
 from bridges.persistence import Persistence, build_persistence, ping_broker
 from bridges.persister import SessionPersister
-from sessions.errors import RetryableError
+from sessions.control import LOCAL, CallControl, RedisCallControl
 from sessions.factory import build_storage
 from sessions.memory import MemorySessionStorage
+from sessions.redis_async import RedisSessionStorage
 from sessions.redis_ops import redact_url
 from sessions.service import SessionManagerService
 from sessions.settings import Settings
-from sessions.state import SessionStatus
-from sessions.storage import SessionStorage
+from sessions.storage import EndOutcome, SessionStorage
 
 if TYPE_CHECKING:
     from bridges.base import BaseBridge
@@ -45,7 +46,10 @@ class BridgeRuntime:
     realtime_url: str | None = None
     calls: dict[str, BaseBridge] = field(default_factory=dict)
     started: bool = False
+    control: CallControl = LOCAL
     _lag_watch: asyncio.Task[None] | None = None
+    _listener: ControlListener | None = None
+    _handover: Handover | None = None
 
     @classmethod
     def build(
@@ -59,7 +63,23 @@ class BridgeRuntime:
         storage = build_storage(settings)
         memory = storage if isinstance(storage, MemorySessionStorage) else None
         persistence = build_persistence(settings, memory, schedule=schedule)
-        return cls(settings, storage, persistence, realtime_url=realtime_url)
+        runtime = cls(settings, storage, persistence, realtime_url=realtime_url)
+        if isinstance(storage, RedisSessionStorage):
+            runtime.control = RedisCallControl(storage.client, storage.ops.keys)
+        return runtime
+
+    @property
+    def handover(self) -> Handover:
+        """Calls changing hands between this instance and the others."""
+        if self._handover is None:
+            self._handover = Handover(
+                self.storage,
+                self.persister,
+                self.metrics,
+                self.instance_id,
+                self.settings.resume_handoff_ms,
+            )
+        return self._handover
 
     @property
     def persister(self) -> SessionPersister:
@@ -73,6 +93,7 @@ class BridgeRuntime:
             self.storage,
             session_ttl_s=self.settings.session_ttl_s,
             max_sessions=self.settings.max_sessions,
+            control=self.control,
         )
 
     def realtime_config(self, **overrides: Any) -> RealtimeConfig:
@@ -90,6 +111,12 @@ class BridgeRuntime:
         await self.storage.start()
         self.persistence.start()
         self._lag_watch = asyncio.create_task(self._watch_loop_lag(), name="loop-lag")
+        if isinstance(self.storage, RedisSessionStorage):
+            self._listener = ControlListener(self.storage.client, self.storage.ops.keys,
+                                             self.instance_id, self.hang_up_here)  # fmt: skip
+            await self._listener.start()
+        else:
+            LOCAL.register(self.instance_id, self.hang_up_here)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Drain the persister, then release the storage."""
@@ -98,6 +125,10 @@ class BridgeRuntime:
         self.started = False
         if self._lag_watch is not None:
             self._lag_watch.cancel()
+        LOCAL.unregister(self.instance_id)
+        if self._listener is not None:
+            await self._listener.stop()
+        await self.handover.close()
         report = await self.persistence.aclose(timeout_s)
         if not report.drained:
             log.error("bridge closed with %d sessions unsent", len(report.unsent))
@@ -110,39 +141,30 @@ class BridgeRuntime:
         if executor is not None:
             await asyncio.to_thread(executor.drain, 1.0)
 
-    async def await_handoff(self, conversation_id: str) -> None:
-        """Before claiming a call another instance holds, give its last save time to land.
+    async def hang_up_here(self, conversation_id: str, reason: str) -> bool:
+        """Hang up a call this instance holds live (a control request); False if none."""
+        bridge = self.calls.get(conversation_id)
+        if bridge is None or bridge.closed:
+            return False
+        log.info("call %s: hang-up requested (%s)", conversation_id, reason)
+        await bridge.hang_up(reason)
+        return True
 
-        A caller that reconnects at once can reach this instance before the one it left has
-        stored the call as PAUSED, and that save carries the last turns. While the stored
-        state is ACTIVE and held by another instance, wait for the hand-off, at most
-        RESUME_HANDOFF_MS; an instance that stays silent (it crashed, or never saw the drop)
-        is then fenced out by the claim.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.resume_handoff_ms / 1000
-        for attempt in itertools.count():
-            holder = await self._holder_elsewhere(conversation_id)
-            if holder is None:
-                return
-            if loop.time() >= deadline:
-                self.metrics.count("resume_handoff_timeouts")
-                log.warning("resume of %s: %s did not hand the call over in %d ms; claiming it",
-                            conversation_id, holder, self.settings.resume_handoff_ms)  # fmt: skip
-                return
-            if attempt == 0:
-                self.metrics.count("resume_handoff_waits")
-            await asyncio.sleep(HANDOFF_POLL_S)
+    async def end_anywhere(self, conversation_id: str, reason: str) -> bool:
+        """End a call wherever it is: live here, live on another instance, or only stored."""
+        self.handover.cancel_end(conversation_id)
+        if await self.hang_up_here(conversation_id, reason):
+            return True
+        if await self.service.hang_up_live(conversation_id, reason):
+            return True
+        return await self.handover.end_stored(conversation_id, reason) is EndOutcome.ENDED
 
-    async def _holder_elsewhere(self, conversation_id: str) -> str | None:
-        """The other instance that holds the call ACTIVE, if any."""
+    async def store_events(self) -> dict[str, int] | None:
+        """The storage's event counters (None when storage does not answer in time)."""
         try:
-            state = await self.storage.load(conversation_id)
-        except RetryableError:
-            return None  # the claim reports the outage
-        if state is None or state.status is not SessionStatus.ACTIVE:
+            return await asyncio.wait_for(self.storage.events(), HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - /metrics shows what it can
             return None
-        return None if state.session_id == self.instance_id else state.session_id
 
     async def health(self) -> dict[str, Any]:
         """Storage and broker reachability, each within HEALTH_TIMEOUT_S."""
@@ -154,7 +176,10 @@ class BridgeRuntime:
     def stats(self) -> dict[str, Any]:
         """Live numbers of this process, for `/stats`."""
         persister = vars(self.persister.metrics())
-        return self.metrics.snapshot(len(self.calls), persister) | {"instance": self.instance_id}
+        return self.metrics.snapshot(len(self.calls), persister) | {
+            "instance": self.instance_id,
+            "calls_waiting_grace": self.handover.waiting,
+        }
 
     async def _watch_loop_lag(self) -> None:
         """Record how late a LAG_TICK_S timer fires: the queueing every frame waits through."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -19,6 +20,7 @@ from bridges.peer import Peer
 from bridges.persister import tune_gc
 from bridges.runtime import BridgeRuntime
 from bridges.twilio import TwilioBridge, signature_valid
+from bridges.twilio_status import status_callback
 from sessions.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ def create_app(runtime: BridgeRuntime, *, owns_runtime: bool = True) -> Starlett
         peer = Peer(websocket, runtime.settings.max_frame_bytes)
         await TwilioBridge(runtime, peer).run()
 
+    async def twilio_status(request: Request) -> Response:
+        return await status_callback(request, runtime)
+
     async def health(request: Request) -> Response:
         report = await runtime.health()
         return JSONResponse(report, status_code=200 if report["ok"] else 503)
@@ -63,12 +68,14 @@ def create_app(runtime: BridgeRuntime, *, owns_runtime: bool = True) -> Starlett
 
     async def metrics(request: Request) -> Response:
         persister = vars(runtime.persister.metrics())
-        text = prometheus_text(runtime.metrics, len(runtime.calls), persister)
+        events = await runtime.store_events()
+        text = prometheus_text(runtime.metrics, len(runtime.calls), persister, events)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     routes = [
         WebSocketRoute("/ws/audiocodes", audiocodes),
         WebSocketRoute("/ws/twilio", twilio),
+        Route("/twilio/status", twilio_status, methods=["POST"]),
         Route("/health", health),
         Route("/stats", stats),
         Route("/metrics", metrics),
@@ -89,9 +96,11 @@ def bearer_ok(websocket: WebSocket, settings: Settings) -> bool:
 
 
 async def pause_live_calls(runtime: BridgeRuntime) -> None:
-    """Shutdown: every live call is saved PAUSED so that it resumes on another instance."""
-    for bridge in list(runtime.calls.values()):
-        await bridge.detach()
+    """Shutdown: every live call is handed over PAUSED, so that it resumes on another instance."""
+    calls = list(runtime.calls.values())
+    if calls:
+        log.info("shutting down: handing %d live calls over", len(calls))
+    await asyncio.gather(*(bridge.detach() for bridge in calls), return_exceptions=True)
     if runtime.calls:
         log.warning("%d calls still registered at shutdown", len(runtime.calls))
 

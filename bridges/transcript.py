@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sessions.clock import utc_now
+from sessions.history import history_entry, new_entry_id
 from sessions.state import SessionState
 
 
 class TranscriptManager:
-    """Adds turns to the state's conversation history and hands each change to `save`."""
+    """Adds turns to the state's conversation history and hands each change to `save`.
+
+    Each turn is a history entry with an id of its own (so that it merges by id in storage)
+    and, when the model made it, the model's item id (so that a repeated event adds nothing).
+    """
 
     def __init__(self, state: SessionState, save: Callable[[SessionState], None]) -> None:
         self.state = state
@@ -40,12 +44,7 @@ class TranscriptManager:
     ) -> dict[str, Any] | None:
         if item_id is not None and item_id in self._seen_items:
             return None  # a replayed or repeated event: the turn is already there
-        item: dict[str, Any] = {
-            "role": role,
-            "content": text,
-            "timestamp": utc_now().isoformat(),
-            "kind": kind,
-        }
+        item = history_entry(new_entry_id(), role=role, content=text, kind=kind)
         if item_id is not None:
             item["item_id"] = item_id
             self._seen_items.add(item_id)

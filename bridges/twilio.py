@@ -42,6 +42,7 @@ FRAME_BYTES = 160  # 20 ms of µ-law at 8 kHz
 MAX_PROTOCOL_ERRORS = 20
 DETACHED = "stream detached; the call can resume"
 REPLACED = "replaced by a newer stream for this call"
+STOPPED = "stream stopped; the call can resume on a new stream"
 
 
 class StreamRefused(ProtocolError):
@@ -145,9 +146,9 @@ def signature_valid(websocket: WebSocket, settings: Settings) -> bool:
     return any(validator.validate(url, {}, signature) for url in signed_urls(str(websocket.url)))
 
 
-def signed_urls(received: str) -> list[str]:
-    """The URLs Twilio may have signed: the `wss://` form (TLS ends at a proxy) and as received."""
-    secure = urlunsplit(urlsplit(received)._replace(scheme="wss"))
+def signed_urls(received: str, secure_scheme: str = "wss") -> list[str]:
+    """The URLs Twilio may have signed: the secure form (TLS ends at a proxy) and as received."""
+    secure = urlunsplit(urlsplit(received)._replace(scheme=secure_scheme))
     return [secure] if secure == received else [secure, received]
 
 
@@ -181,6 +182,7 @@ class TwilioBridge(BaseBridge):
         self.mark_count = 0
         self.heard_mark: str | None = None
         self.cleared = True
+        self.call_sid: str | None = None  # known from `start` on, before the session exists
 
     @property
     def outstanding_marks(self) -> int:
@@ -251,6 +253,7 @@ class TwilioBridge(BaseBridge):
         info = validate(Start, data).start
         if info.streamSid != data["streamSid"]:
             raise ProtocolError("start.streamSid does not match streamSid")
+        self.call_sid = info.callSid
         fmt = info.mediaFormat
         media_format_from_twilio(fmt.encoding, fmt.sampleRate)
         if fmt.channels != 1:
@@ -261,6 +264,7 @@ class TwilioBridge(BaseBridge):
 
     async def _begin(self, info: StartInfo) -> None:
         cid, custom = info.callSid, info.customParameters
+        self.runtime.handover.cancel_end(cid)  # a stopped stream's call, back within its grace
         stream = {"stream_sid": info.streamSid, "account_sid": info.accountSid,
                   "tracks": info.tracks, "protocol_version": self.protocol_version}  # fmt: skip
         metadata = {"custom_parameters": dict(custom), "twilio": stream}
@@ -318,10 +322,22 @@ class TwilioBridge(BaseBridge):
         self.heard_mark = name
 
     async def _stop(self, data: dict[str, Any], _: float) -> None:
+        """This stream ended; the call may go on on a new stream: PAUSED for a grace window.
+
+        A new stream for the callSid within TWILIO_STOP_GRACE_S resumes the call; a status
+        callback with a final CallStatus ends it at once; else it ends when the grace is over.
+        """
         stop = validate(Stop, data).stop
         if stop is not None and stop.callSid not in (None, self.conversation_id):
             raise ProtocolError("stop.callSid is not this stream's call")
-        await self.end_call("call ended")
+        grace_s = self.runtime.settings.twilio_stop_grace_s
+        state = self.state
+        if not grace_s or state is None:
+            await self.end_call("call ended")
+            return
+        self.closing = (CLOSE_NORMAL, STOPPED)
+        await self.detach()
+        self.runtime.handover.end_after(state.conversation_id, state.epoch, grace_s, "call ended")
 
     # -- hooks to Twilio ----------------------------------------------------------------------
 
@@ -349,6 +365,10 @@ class TwilioBridge(BaseBridge):
         if kind == "started" and self.marks:
             await self._clear()  # Twilio is still playing audio queued before a mark
 
+    async def on_hang_up(self, reason: str, failed: bool) -> None:
+        self.closing = self.closing or (CLOSE_ERROR if failed else CLOSE_NORMAL, reason)
+        await self._close()
+
     async def on_action(self, action: dict[str, Any]) -> None:
         log.warning("call %s: %s needs Twilio's REST API; a media stream cannot carry it",
                     self.conversation_id, action.get("type"))  # fmt: skip
@@ -375,14 +395,14 @@ class TwilioBridge(BaseBridge):
 
     def _refuse(self, code: int, reason: str) -> None:
         log.warning("twilio stream %s (call %s) closed: %s", self.stream_sid,
-                    self.conversation_id, reason)  # fmt: skip
+                    self.conversation_id or self.call_sid, reason)  # fmt: skip
         self.closing = self.closing or (code, close_reason(reason))
 
     def _protocol_error(self, reason: str) -> None:
         self.runtime.metrics.count("protocol_errors")
         self.errors += 1
-        log.warning("twilio stream %s (call %s): %s", self.stream_sid, self.conversation_id,
-                    reason)  # fmt: skip
+        log.warning("twilio stream %s (call %s): %s", self.stream_sid,
+                    self.conversation_id or self.call_sid, reason)  # fmt: skip
         if not self.started:
             self.closing = self.closing or (CLOSE_POLICY, close_reason(reason))
         elif self.errors >= MAX_PROTOCOL_ERRORS:

@@ -162,6 +162,9 @@ REGISTRATIONS: tuple[Callable[[Subparsers], None], ...] = (
 )
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser: global flags, then one subcommand per registration function."""
     parser = argparse.ArgumentParser(
@@ -181,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    quiet = not args.verbose and args.command != "serve"  # a server logs its calls at INFO
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format=LOG_FORMAT)
     try:
         settings = load_settings()
         code: int = args.handler(args, settings)

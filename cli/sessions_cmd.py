@@ -25,6 +25,7 @@ from cli.output import (
     table,
 )
 from sessions.clock import utc_now
+from sessions.control import RedisCallControl
 from sessions.errors import CorruptSession
 from sessions.factory import build_sink, build_storage
 from sessions.redis_async import RedisSessionStorage
@@ -83,9 +84,12 @@ def register(sub: Subparsers) -> None:
     end = actions.add_parser(
         "end",
         parents=[json_option()],
-        help="end a live session through the workers (stored ENDED, then archived)",
-        description="Sends opus.archive.end_session to the archive queue, as a bridge does "
-        "when a call ends: a worker stores the session ENDED and writes its archive record.",
+        help="hang up a live call on its bridge, or end a stored session through the workers",
+        description="A call live on a bridge instance (ACTIVE, held by a running bridge) is "
+        "hung up there at once: the caller gets the protocol's hang-up and the bridge's final "
+        "state holds every turn. Otherwise opus.archive.end_session goes to the archive queue, "
+        "as a bridge sends it when a call ends: a worker stores the session ENDED and writes "
+        "its archive record. The output says whether a live call was reached.",
     )
     end.add_argument("conversation_id", metavar="ID")
     end.add_argument("--reason", default=DEFAULT_REASON, help=f"default: {DEFAULT_REASON!r}")
@@ -307,7 +311,8 @@ def _where(settings: Settings) -> str:
 
 
 def run_end(args: argparse.Namespace, settings: Settings) -> int:
-    """End a live session through the archive queue, as the bridges do."""
+    """Hang up a live call on the bridge holding it; a call no bridge holds ends through the
+    archive queue, as the bridges end theirs."""
     if settings.storage_backend == "memory":
         print(f"error: {EMBEDDED_NOTE}", file=sys.stderr)
         return EXIT_CONFIG
@@ -321,6 +326,13 @@ def run_end(args: argparse.Namespace, settings: Settings) -> int:
         outcome = {"conversation_id": cid, "sent": False, "end_reason": state.end_reason}
         _say(args, outcome, f"session {cid!r} already ended {when} ({state.end_reason}); not sent")
         return EXIT_OK
+    holder = state.session_id if state.status is SessionStatus.ACTIVE else None
+    if holder and asyncio.run(_hang_up_live(settings, cid, args.reason)):
+        outcome = {"conversation_id": cid, "live_call": True, "holder": holder, "sent": False,
+                   "reason": args.reason, "sink": build_sink(settings).describe()}  # fmt: skip
+        text = (f"hung up the live call {cid} on {holder} ({args.reason}); the bridge stores "
+                "its final state and a worker archives it")  # fmt: skip
+        return _finish_end(args, settings, outcome, text)
     from kombu.exceptions import OperationalError
 
     try:
@@ -332,6 +344,8 @@ def run_end(args: argparse.Namespace, settings: Settings) -> int:
     sink = build_sink(settings).describe()
     outcome = {
         "conversation_id": cid,
+        "live_call": False,
+        "holder": holder,
         "sent": True,
         "task": names.END_SESSION,
         "task_id": task_id,
@@ -339,11 +353,37 @@ def run_end(args: argparse.Namespace, settings: Settings) -> int:
         "reason": args.reason,
         "sink": sink,
     }
+    nobody = f"{holder} did not answer" if holder else f"no bridge holds it ({state.status.value})"
     text = (
-        f"sent {names.END_SESSION}({cid!r}, {args.reason!r}) to the archive queue, task {task_id}"
+        f"no live call reached ({nobody}); sent {names.END_SESSION}({cid!r}, {args.reason!r}) "
+        f"to the archive queue, task {task_id}"
     )
     if args.wait <= 0:
         _say(args, outcome, f"{text}\na worker stores it ENDED and archives it to {sink}")
+        return EXIT_OK
+    return _finish_end(args, settings, outcome, text)
+
+
+async def _hang_up_live(settings: Settings, conversation_id: str, reason: str) -> bool:
+    """Ask the bridge that holds the call live to hang it up; True when it did."""
+    storage = build_storage(settings)
+    assert isinstance(storage, RedisSessionStorage)
+    control = RedisCallControl(storage.client, storage.ops.keys)
+    try:
+        return await SessionManagerService(storage, control=control).hang_up_live(
+            conversation_id, reason
+        )
+    finally:
+        await storage.close()
+
+
+def _finish_end(
+    args: argparse.Namespace, settings: Settings, outcome: dict[str, Any], text: str
+) -> int:
+    """Report an end, waiting for its archive with --wait."""
+    cid, sink = outcome["conversation_id"], outcome["sink"]
+    if args.wait <= 0:
+        _say(args, outcome, text)
         return EXIT_OK
     outcome.update(asyncio.run(_wait_ended(settings, cid, args.wait)))
     if outcome["archived"]:

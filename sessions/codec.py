@@ -21,6 +21,7 @@ from sessions.state import SessionState, SessionStatus, describe_validation_erro
 FIELD_NAMES: tuple[str, ...] = tuple(SessionState.model_fields)
 ACTIVITY_FIELD = "last_activity"
 ARCHIVED_FIELD = "_archived"
+COUNTED_FIELD = "_counted"  # the archived call's numbers are in the statistics (once)
 _KNOWN = frozenset(FIELD_NAMES)
 _STORED_AS_JSON = tuple(name for name in FIELD_NAMES if name != ACTIVITY_FIELD)
 

@@ -75,6 +75,19 @@ class KeySpace:
         """List: durations (s) of the most recently archived calls, newest first."""
         return self.prefix + "_durations"
 
+    def control(self, instance_id: str) -> str:
+        """Pub/sub channel: requests to the bridge instance `instance_id` (hang up a call)."""
+        return self.prefix + "_control:" + check_conversation_id(instance_id)
+
+    def control_reply(self, token: str) -> str:
+        """Pub/sub channel: one requester's answers from the bridges."""
+        return self.control_reply_prefix + check_conversation_id(token)
+
+    @property
+    def control_reply_prefix(self) -> str:
+        """What every reply channel starts with (a bridge answers on no other channel)."""
+        return self.prefix + "_control_reply:"
+
     def script_keys(self, conversation_id: str) -> list[str]:
         """The KEYS list of the per-session scripts: session, live, archive, counts, events."""
         return [

@@ -49,11 +49,15 @@ class MemorySessionStorage(SessionStorage):
     async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
         return self.store.load(check_conversation_id(conversation_id), touch)
 
-    async def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
-        return self.store.claim(check_conversation_id(conversation_id), max_age_s)
+    async def claim(
+        self, conversation_id: str, max_age_s: float, holder: str | None = None
+    ) -> ClaimResult:
+        return self.store.claim(check_conversation_id(conversation_id), max_age_s, holder)
 
-    async def end(self, conversation_id: str, reason: str) -> EndOutcome:
-        return self.store.end(check_conversation_id(conversation_id), reason)
+    async def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> EndOutcome:
+        return self.store.end(check_conversation_id(conversation_id), reason, expected_epoch)
 
     async def update_fields(
         self, conversation_id: str, fields: Mapping[str, str], status: str | None = None
@@ -100,6 +104,9 @@ class MemorySessionStorage(SessionStorage):
             "evictions": sizes["evictions"],
             "status_counts": self.store.status_counts(),
         }
+
+    async def events(self) -> dict[str, int]:
+        return self.store.events()
 
     async def start(self) -> None:
         if self._cleanup_task is None or self._cleanup_task.done():

@@ -16,10 +16,12 @@ from sessions.clock import from_us, now_us
 from sessions.codec import (
     ACTIVITY_FIELD,
     ARCHIVED_FIELD,
+    COUNTED_FIELD,
     Snapshot,
     decode_state,
     encode_state,
 )
+from sessions.history import HISTORY_FIELDS, merge
 from sessions.redis_ops import DURATIONS_KEPT
 from sessions.state import SessionState
 from sessions.storage import (
@@ -30,6 +32,7 @@ from sessions.storage import (
     CreateResult,
     EndOutcome,
     ExpireResult,
+    SaveOutcome,
     SaveResult,
     StoredSession,
     UpdateOutcome,
@@ -43,6 +46,15 @@ ENDED = "ended"
 
 def _status(fields: Mapping[str, str]) -> str:
     return str(json.loads(fields["status"]))
+
+
+def _fenced(record: Mapping[str, str], snap: Snapshot) -> bool:
+    """Whether a snapshot may not be applied over `record` (as the save script decides)."""
+    if ARCHIVED_FIELD in record:
+        return True
+    if (int(record["epoch"]), int(record["seq"])) >= (snap.epoch, snap.seq):
+        return True
+    return _status(record) == ENDED and snap.status.value != ENDED
 
 
 class MemoryStore:
@@ -132,25 +144,29 @@ class MemoryStore:
         return CreateResult(True, epoch=epoch)
 
     def save(self, snap: Snapshot) -> bool:
-        """Compare-and-set by `(epoch, seq)`; ENDED is never undone."""
+        """Compare-and-set by `(epoch, seq)` (ENDED is never undone); True if applied."""
+        return self.save_outcome(snap) is SaveOutcome.APPLIED
+
+    def save_outcome(self, snap: Snapshot) -> SaveOutcome:
+        """Like the save script: applied, or fenced (its new history entries still merged)."""
         cid = snap.conversation_id
         with self._lock:
             current = self._records.get(cid)
+            if current is not None and _fenced(current, snap):
+                return self._merge_fenced(cid, current, snap)
             activity = snap.last_activity_us
             old: str | None = None
+            fields = dict(snap.fields)
             if current is not None:
-                if ARCHIVED_FIELD in current:
-                    return False
-                if (int(current["epoch"]), int(current["seq"])) >= (snap.epoch, snap.seq):
-                    return False
                 old = _status(current)
-                if old == ENDED and snap.status.value != ENDED:
-                    return False
                 activity = max(activity, int(current[ACTIVITY_FIELD]))
+                for name in HISTORY_FIELDS:
+                    if name in fields and name in current:
+                        fields[name] = merge(fields[name], current[name])[0]
             else:
                 self._make_room_for(cid)
             record = dict(current or {})
-            record.update(snap.fields)
+            record.update(fields)
             record.update(
                 epoch=str(snap.epoch),
                 seq=str(snap.seq),
@@ -159,13 +175,29 @@ class MemoryStore:
             )
             self._records[cid] = record
             self._transition(cid, old, snap.status.value, activity)
-        return True
+        return SaveOutcome.APPLIED
+
+    def _merge_fenced(self, cid: str, record: dict[str, str], snap: Snapshot) -> SaveOutcome:
+        """A fenced snapshot adds only the history entries the record lacks (lock held)."""
+        added = 0
+        for name in HISTORY_FIELDS:
+            if name in snap.fields and name in record:
+                record[name], count = merge(record[name], snap.fields[name])
+                added += count
+        if not added:
+            return SaveOutcome.STALE
+        if ARCHIVED_FIELD not in record:
+            return SaveOutcome.MERGED
+        del record[ARCHIVED_FIELD]
+        self._archive[cid] = now_us()
+        return SaveOutcome.REOPENED
 
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
         """Apply a batch of snapshots."""
-        result = count_saves([self.save(s) for s in snapshots])
+        result = count_saves(snapshots, [self.save_outcome(s) for s in snapshots])
         self.add_event("snapshots_applied", result.applied)
         self.add_event("snapshots_stale", result.stale)
+        self.add_event("snapshots_stale_merged", result.merged)
         return result
 
     def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
@@ -183,8 +215,10 @@ class MemoryStore:
             fields = dict(record)
         return decode_state(conversation_id, fields)
 
-    def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
-        """Atomic resume claim: epoch + 1, seq 0, resumed_count + 1, ACTIVE."""
+    def claim(
+        self, conversation_id: str, max_age_s: float, holder: str | None = None
+    ) -> ClaimResult:
+        """Atomic resume claim: epoch + 1, seq 0, resumed_count + 1, ACTIVE, the holder."""
         with self._lock:
             record = self._records.get(conversation_id)
             if record is None:
@@ -203,19 +237,25 @@ class MemoryStore:
                 status=json.dumps("active"),
                 last_activity=str(activity),
             )
+            if holder:
+                record["session_id"] = json.dumps(holder)
             self._transition(conversation_id, old, "active", activity)
             self._events["resumes"] += 1
             fields = dict(record)
         return ClaimResult(ClaimOutcome.OK, decode_state(conversation_id, fields))
 
-    def end(self, conversation_id: str, reason: str) -> EndOutcome:
-        """Atomically end a session and queue it for archiving."""
+    def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> EndOutcome:
+        """Atomically end a session (of `expected_epoch`, if given) and queue its archive."""
         with self._lock:
             record = self._records.get(conversation_id)
             if record is None:
                 return EndOutcome.MISSING
             if _status(record) == ENDED:
                 return EndOutcome.ALREADY
+            if expected_epoch is not None and int(record["epoch"]) != expected_epoch:
+                return EndOutcome.MOVED
             self._end_locked(conversation_id, record, reason, now_us())
         return EndOutcome.ENDED
 
@@ -277,6 +317,9 @@ class MemoryStore:
             if ARCHIVED_FIELD in record:
                 return ArchiveMark.ALREADY
             record[ARCHIVED_FIELD] = "1"
+            if COUNTED_FIELD in record:
+                return ArchiveMark.MARKED  # archived again after late history: counted once
+            record[COUNTED_FIELD] = "1"
             self._events["archived"] += 1
             self._durations.appendleft(duration_s)
             for name, amount in (counters or {}).items():

@@ -29,6 +29,7 @@ from sessions.storage import (
     CreateResult,
     EndOutcome,
     ExpireResult,
+    SaveOutcome,
     SessionStorage,
     UpdateOutcome,
 )
@@ -90,7 +91,8 @@ class RedisSessionStorage(SessionStorage):
         return self.ops.parse_create(await self._run(call, state.conversation_id))
 
     async def save(self, snapshot: Snapshot) -> bool:
-        return bool(await self._run(self.ops.save(snapshot), snapshot.conversation_id))
+        reply = await self._run(self.ops.save(snapshot), snapshot.conversation_id)
+        return SaveOutcome(int(reply)) is SaveOutcome.APPLIED
 
     async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
         if touch:
@@ -104,13 +106,17 @@ class RedisSessionStorage(SessionStorage):
                 raise translate_error(exc, self.redis_url, conversation_id) from exc
         return self.ops.parse_state(conversation_id, fields)
 
-    async def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
-        reply = await self._run(self.ops.claim(conversation_id, max_age_s), conversation_id)
-        return self.ops.parse_claim(conversation_id, reply)
+    async def claim(
+        self, conversation_id: str, max_age_s: float, holder: str | None = None
+    ) -> ClaimResult:
+        call = self.ops.claim(conversation_id, max_age_s, holder)
+        return self.ops.parse_claim(conversation_id, await self._run(call, conversation_id))
 
-    async def end(self, conversation_id: str, reason: str) -> EndOutcome:
-        reply = await self._run(self.ops.end(conversation_id, reason), conversation_id)
-        return END_OUTCOMES[reply]
+    async def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> EndOutcome:
+        call = self.ops.end(conversation_id, reason, expected_epoch)
+        return END_OUTCOMES[await self._run(call, conversation_id)]
 
     async def update_fields(
         self, conversation_id: str, fields: Mapping[str, str], status: str | None = None
@@ -169,6 +175,10 @@ class RedisSessionStorage(SessionStorage):
             "archive_backlog": await self.archive_backlog(),
             "status_counts": await self.status_counts(),
         }
+
+    async def events(self) -> dict[str, int]:
+        raw = await self._command("HGETALL", self.ops.keys.events)
+        return {str(k): int(v) for k, v in (raw or {}).items()}
 
     async def ping(self) -> bool:
         """True when Redis answers."""

@@ -137,18 +137,23 @@ class RedisOps:
         keys = [self.keys.session(conversation_id), self.keys.live_index]
         return ScriptCall("touch_load", keys, args)
 
-    def claim(self, conversation_id: str, max_age_s: float) -> ScriptCall:
-        """Atomic resume claim."""
+    def claim(
+        self, conversation_id: str, max_age_s: float, holder: str | None = None
+    ) -> ScriptCall:
+        """Atomic resume claim (recording the claiming instance as the holder, if given)."""
         args: list[Arg] = [
             conversation_id,
             now_us(),
             int(max_age_s * 1_000_000),
             self.retention.live_ms,
+            json.dumps(holder) if holder else "",
         ]
         return ScriptCall("claim", self.keys.script_keys(conversation_id), args)
 
-    def end(self, conversation_id: str, reason: str) -> ScriptCall:
-        """Atomic end."""
+    def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> ScriptCall:
+        """Atomic end (only while the epoch is `expected_epoch`, if given)."""
         now = now_us()
         args: list[Arg] = [
             conversation_id,
@@ -156,6 +161,7 @@ class RedisOps:
             json.dumps(reason),
             json.dumps(from_us(now).isoformat()),
             self.retention.ended_ms,
+            "" if expected_epoch is None else str(expected_epoch),
         ]
         return ScriptCall("end", self.keys.script_keys(conversation_id), args)
 

@@ -34,19 +34,131 @@ local function later(a, b)
 end
 """
 
+# The history rule of `sessions.history`, to the letter: entries are the top-level elements of
+# the stored JSON text, identified by a leading {"id":"...","timestamp":"..."}; never re-encoded.
+HISTORY = r"""
+local HISTORY_FIELDS = {conversation_history = 1, function_calls = 2}
+
+local function skip_string(text, pos)
+  while true do
+    local k = string.find(text, '["\\]', pos)
+    if not k then return nil end
+    if string.sub(text, k, k) == '\\' then pos = k + 2 else return k + 1 end
+  end
+end
+
+local function elements(text)
+  if string.sub(text, 1, 1) ~= '[' then return nil end
+  local items, depth, start, pos = {}, 0, nil, 1
+  while true do
+    local i = string.find(text, '[%[%]{}",]', pos)
+    if not i then return nil end
+    local c = string.sub(text, i, i)
+    if c == '"' then
+      pos = skip_string(text, i + 1)
+      if not pos then return nil end
+      if depth == 1 and not start then start = i end
+    else
+      pos = i + 1
+      if c == '[' or c == '{' then
+        depth = depth + 1
+        if depth == 2 and not start then start = i end
+      elseif c == ']' or c == '}' then
+        depth = depth - 1
+        if depth == 0 then
+          if start then items[#items + 1] = string.sub(text, start, i - 1) end
+          if '[' .. table.concat(items, ',') .. ']' ~= text then return nil end
+          return items
+        end
+      elseif depth == 1 then
+        if start then items[#items + 1] = string.sub(text, start, i - 1) end
+        start = nil
+      end
+    end
+  end
+end
+
+local function entry_id(el) return string.match(el, '^{"id":"([^"\\]*)"') end
+local function entry_time(el)
+  return string.match(el, '^{"id":"[^"\\]*","timestamp":"([^"\\]*)"')
+end
+
+local function covers(winner, other)
+  local n = #other
+  if n <= 2 then return true end
+  if #winner < n or string.sub(winner, 1, n - 1) ~= string.sub(other, 1, n - 1) then
+    return false
+  end
+  local c = string.sub(winner, n, n)
+  return c == ']' or c == ','
+end
+
+-- `winner` with the identified entries of `other` it lacks, and how many were added.
+local function merge(winner, other)
+  if not other or covers(winner, other) then return winner, 0 end
+  local mine, theirs = elements(winner), elements(other)
+  if not mine or not theirs then return winner, 0 end
+  local seen = {}
+  for _, el in ipairs(mine) do local id = entry_id(el) if id then seen[id] = true end end
+  local added = 0
+  for _, el in ipairs(theirs) do
+    local id = entry_id(el)
+    if id and not seen[id] then
+      seen[id] = true
+      local at, t = #mine + 1, entry_time(el)
+      if t then
+        for index, x in ipairs(mine) do
+          local xt = entry_time(x)
+          if xt and xt > t then at = index break end
+        end
+      end
+      table.insert(mine, at, el)
+      added = added + 1
+    end
+  end
+  if added == 0 then return winner, 0 end
+  return '[' .. table.concat(mine, ',') .. ']', added
+end
+"""
+
 SAVE_ONE = r"""
--- Compare-and-set one snapshot into `key`; 1 if applied, 0 if older than what is stored.
+-- Compare-and-set one snapshot into `key`: 1 applied; 0 fenced (older than what is stored,
+-- or an ended or archived session) with nothing new; 2 fenced, but its history added entries
+-- the store lacked; 3 the same into an archived call, which is to be archived again.
 local function save_one(key, idx, cid, epoch_s, seq_s, new, activity, flat, now, live_ttl,
                         ended_ttl)
-  local cur = redis.call('HMGET', key, 'epoch', 'seq', 'status', 'last_activity', '_archived')
+  local cur = redis.call('HMGET', key, 'epoch', 'seq', 'status', 'last_activity', '_archived',
+                         'conversation_history', 'function_calls')
   local epoch, seq = tonumber(epoch_s), tonumber(seq_s)
   local old = false
   if cur[1] or cur[3] then
-    if cur[5] then return 0 end
     local e, s = tonumber(cur[1]) or 0, tonumber(cur[2]) or 0
-    if e > epoch or (e == epoch and s >= seq) then return 0 end
     old = cur[3] and status_name(cur[3]) or false
-    if old == 'ended' and new ~= 'ended' then return 0 end
+    local fenced = cur[5] or e > epoch or (e == epoch and s >= seq)
+        or (old == 'ended' and new ~= 'ended')
+    if fenced then
+      local added = 0
+      for i = 1, #flat - 1, 2 do
+        local slot = HISTORY_FIELDS[flat[i]]
+        if slot and cur[5 + slot] then
+          local merged, n = merge(cur[5 + slot], flat[i + 1])
+          if n > 0 then
+            redis.call('HSET', key, flat[i], merged)
+            added = added + n
+          end
+        end
+      end
+      if added == 0 then return 0 end
+      if not cur[5] then return 2 end
+      redis.call('HDEL', key, '_archived')
+      redis.call('ZADD', idx[2], now, cid)
+      redis.call('PEXPIRE', key, ended_ttl)
+      return 3
+    end
+    for i = 1, #flat - 1, 2 do
+      local slot = HISTORY_FIELDS[flat[i]]
+      if slot and cur[5 + slot] then flat[i + 1] = merge(flat[i + 1], cur[5 + slot]) end
+    end
     if cur[4] and tonumber(cur[4]) then activity = later(cur[4], activity) end
   end
   if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
@@ -65,6 +177,7 @@ end
 # ARGV: cid, epoch, seq, status, activity_us, now_us, live_ttl_ms, ended_ttl_ms, field, value, ...
 SAVE = (
     PRELUDE
+    + HISTORY
     + SAVE_ONE
     + r"""
 local flat = {}
@@ -82,6 +195,7 @@ return save_one(KEYS[1], {KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2], ARGV[3],
 #       texts are JSON, which never holds a raw NUL)
 SAVE_MANY = (
     PRELUDE
+    + HISTORY
     + SAVE_ONE
     + r"""
 local function split_fields(blob)
@@ -121,7 +235,7 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# ARGV: cid, now_us, max_age_us, live_ttl_ms
+# ARGV: cid, now_us, max_age_us, live_ttl_ms, holder_json (or '': keep the stored holder)
 CLAIM = (
     PRELUDE
     + r"""
@@ -136,19 +250,22 @@ redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HINCRBY', KEYS[1], 'resumed_count', 1)
 redis.call('HINCRBY', KEYS[5], 'resumes', 1)
 redis.call('HSET', KEYS[1], 'seq', '0', 'status', '"active"', 'last_activity', activity)
+if ARGV[5] and ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'session_id', ARGV[5]) end
 transition(KEYS[2], KEYS[3], KEYS[4], ARGV[1], old, 'active', activity, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# ARGV: cid, now_us, reason_json, ended_at_json, ended_ttl_ms
+# ARGV: cid, now_us, reason_json, ended_at_json, ended_ttl_ms, expected epoch (or '': any)
 END = (
     PRELUDE
     + r"""
-local st = redis.call('HGET', KEYS[1], 'status')
+local cur = redis.call('HMGET', KEYS[1], 'status', 'epoch')
+local st = cur[1]
 if not st then return 'missing' end
 if st == '"ended"' then return 'already' end
+if ARGV[6] and ARGV[6] ~= '' and cur[2] ~= ARGV[6] then return 'moved' end
 redis.call('HSET', KEYS[1], 'status', '"ended"', 'end_reason', ARGV[3], 'ended_at', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 transition(KEYS[2], KEYS[3], KEYS[4], ARGV[1], status_name(st), 'ended', ARGV[2], ARGV[2])
@@ -252,12 +369,14 @@ return {ended, vanished}
 # ARGV: cid, retention_ms, duration_s, durations_kept, then counter, amount, ... (added to the
 #       event counters once, with the flag: the call's model usage)
 MARK_ARCHIVED = r"""
-local cur = redis.call('HMGET', KEYS[1], 'status', '_archived')
+local cur = redis.call('HMGET', KEYS[1], 'status', '_archived', '_counted')
 if cur[1] ~= '"ended"' then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 if cur[2] then return 2 end
 redis.call('HSET', KEYS[1], '_archived', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if cur[3] then return 1 end  -- archived again after late history: counted the first time
+redis.call('HSET', KEYS[1], '_counted', '1')
 redis.call('HINCRBY', KEYS[3], 'archived', 1)
 redis.call('LPUSH', KEYS[4], ARGV[3])
 redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)

@@ -19,6 +19,7 @@ from sessions.storage import (
     ArchiveMark,
     EndOutcome,
     ExpireResult,
+    SaveOutcome,
     SaveResult,
     StoredSession,
     count_saves,
@@ -66,8 +67,9 @@ class SyncRedisStore:
             raise translate_error(exc, self.redis_url, None) from exc
 
     def save(self, snapshot: Snapshot) -> bool:
-        """Compare-and-set save of one snapshot."""
-        return bool(self._run(self.ops.save(snapshot), snapshot.conversation_id))
+        """Compare-and-set save of one snapshot (fenced history still merges); True if applied."""
+        reply = self._run(self.ops.save(snapshot), snapshot.conversation_id)
+        return SaveOutcome(int(reply)) is SaveOutcome.APPLIED
 
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
         """Apply a batch with the compare-and-set script, SAVE_CHUNK snapshots a call."""
@@ -82,9 +84,10 @@ class SyncRedisStore:
                 replies = pipe.execute()
         except RedisError as exc:
             raise translate_error(exc, self.redis_url, None) from exc
-        result = count_saves([bool(r) for reply in replies for r in reply])
+        result = count_saves(snapshots, [int(r) for reply in replies for r in reply])
         self.add_event("snapshots_applied", result.applied)
         self.add_event("snapshots_stale", result.stale)
+        self.add_event("snapshots_stale_merged", result.merged)
         return result
 
     def load_record(self, conversation_id: str) -> StoredSession | None:
@@ -95,9 +98,12 @@ class SyncRedisStore:
             return None
         return StoredSession(state=state, archived=self.ops.is_archived(fields))
 
-    def end(self, conversation_id: str, reason: str) -> EndOutcome:
-        """Atomically end a session."""
-        return END_OUTCOMES[self._run(self.ops.end(conversation_id, reason), conversation_id)]
+    def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> EndOutcome:
+        """Atomically end a session (of `expected_epoch`, if given)."""
+        call = self.ops.end(conversation_id, reason, expected_epoch)
+        return END_OUTCOMES[self._run(call, conversation_id)]
 
     def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
         """End up to `limit` sessions idle past `max_age_s`."""

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from sessions.clock import utc_now
 from sessions.codec import encode_fields
+from sessions.control import CallControl
 from sessions.errors import InvalidSessionData, InvalidUpdate, SessionExists, SessionLimitReached
 from sessions.keys import check_conversation_id
 from sessions.state import (
@@ -41,10 +42,12 @@ class SessionManagerService:
         *,
         session_ttl_s: float = 3600,
         max_sessions: int | None = None,
+        control: CallControl | None = None,
     ) -> None:
         self.storage = storage
         self.session_ttl_s = session_ttl_s
         self.max_sessions = max_sessions
+        self.control = control
         self._running = False
 
     async def start(self) -> None:
@@ -107,9 +110,12 @@ class SessionManagerService:
         result = await self.try_resume(conversation_id, max_age_seconds)
         return result.state
 
-    async def try_resume(self, conversation_id: str, max_age_seconds: float = 3600) -> ClaimResult:
-        """Like `resume_session`, with the reason when refused."""
-        result = await self.storage.claim(check_conversation_id(conversation_id), max_age_seconds)
+    async def try_resume(
+        self, conversation_id: str, max_age_seconds: float = 3600, *, holder: str | None = None
+    ) -> ClaimResult:
+        """Like `resume_session`, with the reason when refused; `holder` takes the call."""
+        cid = check_conversation_id(conversation_id)
+        result = await self.storage.claim(cid, max_age_seconds, holder)
         if result.state is not None:
             log.info(
                 "resumed session %s (resume #%d, epoch %d)",
@@ -122,11 +128,32 @@ class SessionManagerService:
         return result
 
     async def end_session(self, conversation_id: str, reason: str = "Session ended") -> bool:
-        """End a session (terminal) recording reason and time; False if missing or already ended."""
-        outcome = await self.storage.end(check_conversation_id(conversation_id), reason)
+        """End a session (terminal) recording reason and time; False if missing or already ended.
+
+        With call control, a call live on a bridge is hung up there (the caller hears the
+        hang-up, and the bridge's final state holds every turn); otherwise, and when its
+        holder does not answer, the session is ended in storage.
+        """
+        cid = check_conversation_id(conversation_id)
+        if await self.hang_up_live(cid, reason):
+            return True
+        outcome = await self.storage.end(cid, reason)
         if outcome is EndOutcome.ENDED:
-            log.info("ended session %s: %s", conversation_id, reason)
+            log.info("ended session %s: %s", cid, reason)
         return outcome is EndOutcome.ENDED
+
+    async def hang_up_live(self, conversation_id: str, reason: str) -> bool:
+        """Ask the bridge holding a live call to hang it up; True when it did."""
+        if self.control is None:
+            return False
+        state = await self.storage.load(check_conversation_id(conversation_id))
+        if state is None or state.status is not SessionStatus.ACTIVE or not state.session_id:
+            return False
+        if not await self.control.hang_up(state.session_id, conversation_id, reason):
+            log.info("session %s: its holder %s did not answer", conversation_id, state.session_id)
+            return False
+        log.info("session %s: hung up live on %s (%s)", conversation_id, state.session_id, reason)
+        return True
 
     async def delete_session(self, conversation_id: str) -> bool:
         """Remove a session's hot state; True if it existed."""

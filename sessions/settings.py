@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     resume_handoff_ms: int = Field(
         default=1000, ge=0, le=30_000, validation_alias="RESUME_HANDOFF_MS"
     )
+    twilio_stop_grace_s: float = Field(
+        default=15.0, ge=0, le=3600, validation_alias="TWILIO_STOP_GRACE_S"
+    )
     vad_mode: Literal["server", "local"] = Field(default="server", validation_alias="VAD_MODE")
     max_frame_bytes: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="MAX_FRAME_BYTES"

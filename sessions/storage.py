@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, Protocol
 
 from sessions.codec import Snapshot
@@ -37,6 +37,7 @@ class EndOutcome(StrEnum):
     ENDED = "ended"
     ALREADY = "already"
     MISSING = "missing"
+    MOVED = "moved"  # resumed since the epoch the end was meant for
 
 
 class UpdateOutcome(StrEnum):
@@ -93,12 +94,24 @@ class ArchiveMark(StrEnum):
 ARCHIVE_MARKS = {0: ArchiveMark.NOT_ENDED, 1: ArchiveMark.MARKED, 2: ArchiveMark.ALREADY}
 
 
+class SaveOutcome(IntEnum):
+    """What one compare-and-set save did (the save scripts' reply)."""
+
+    STALE = 0  # fenced (older, or the session ended or archived), nothing new in it
+    APPLIED = 1
+    MERGED = 2  # fenced, but its history added entries the store lacked
+    REOPENED = 3  # the same into an archived call: it must be archived again
+
+
 @dataclass(frozen=True)
 class SaveResult:
-    """How many snapshots of a batch were applied and how many were stale."""
+    """How a batch's snapshots fared: applied, stale (fenced; `merged` of them added
+    history), and the archived calls that late history reopened."""
 
     applied: int
     stale: int
+    merged: int = 0
+    reopened: tuple[str, ...] = ()
 
 
 class SessionStorage(ABC):
@@ -122,12 +135,18 @@ class SessionStorage(ABC):
         """Read a session; with `touch`, move its last activity to now (unless expired)."""
 
     @abstractmethod
-    async def claim(self, conversation_id: str, max_age_s: float) -> ClaimResult:
-        """Atomically take over a resumable session: epoch + 1, resumed_count + 1, ACTIVE."""
+    async def claim(
+        self, conversation_id: str, max_age_s: float, holder: str | None = None
+    ) -> ClaimResult:
+        """Atomically take over a resumable session: epoch + 1, resumed_count + 1, ACTIVE,
+        and `holder` (the claiming bridge instance, if given) as its `session_id`."""
 
     @abstractmethod
-    async def end(self, conversation_id: str, reason: str) -> EndOutcome:
-        """Atomically mark ENDED with a reason and end time; queue it for archiving."""
+    async def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> EndOutcome:
+        """Atomically mark ENDED with a reason and end time and queue it for archiving; with
+        `expected_epoch`, only if it was not resumed since (MOVED otherwise)."""
 
     @abstractmethod
     async def update_fields(
@@ -172,6 +191,10 @@ class SessionStorage(ABC):
     async def get_stats(self) -> dict[str, Any]:
         """Backend description and counts; never contains credentials."""
 
+    @abstractmethod
+    async def events(self) -> dict[str, int]:
+        """The monotonic event counters (resumes, stale snapshots, archives, ...)."""
+
     async def start(self) -> None:
         """Start background work (if the backend has any)."""
 
@@ -210,10 +233,15 @@ class SessionStorage(ABC):
                 return total
 
 
-def count_saves(outcomes: Sequence[bool]) -> SaveResult:
-    """Tally compare-and-set outcomes."""
-    applied = sum(1 for ok in outcomes if ok)
-    return SaveResult(applied=applied, stale=len(outcomes) - applied)
+def count_saves(snapshots: Sequence[Snapshot], outcomes: Sequence[int]) -> SaveResult:
+    """Tally the compare-and-set outcomes of `snapshots` (in order)."""
+    kinds = [SaveOutcome(int(o)) for o in outcomes]
+    applied = kinds.count(SaveOutcome.APPLIED)
+    reopened = tuple(s.conversation_id for s, k in zip(snapshots, kinds, strict=True)
+                     if k is SaveOutcome.REOPENED)  # fmt: skip
+    merged = kinds.count(SaveOutcome.MERGED) + len(reopened)
+    return SaveResult(applied=applied, stale=len(kinds) - applied, merged=merged,
+                      reopened=reopened)  # fmt: skip
 
 
 class SyncSessionStore(Protocol):
@@ -222,7 +250,9 @@ class SyncSessionStore(Protocol):
     def save(self, snapshot: Snapshot) -> bool: ...
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult: ...
     def load_record(self, conversation_id: str) -> StoredSession | None: ...
-    def end(self, conversation_id: str, reason: str) -> EndOutcome: ...
+    def end(
+        self, conversation_id: str, reason: str, expected_epoch: int | None = None
+    ) -> EndOutcome: ...
     def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult: ...
     def archive_overdue(self, older_than_s: float, limit: int) -> list[str]: ...
     def mark_archived(

@@ -57,8 +57,15 @@ def apply_batch(ctx: TaskContext, batch: Any) -> dict[str, int]:
     ctx.store.add_event("snapshot_batches")
     if invalid:
         ctx.store.add_event("snapshots_invalid", invalid)
-    outcome = {"applied": result.applied, "stale": result.stale, "invalid": invalid}
-    log.info("save_sessions: batch of %d: %s", len(snapshots) + invalid, outcome)
+    outcome = {"applied": result.applied, "stale": result.stale, "merged": result.merged,
+               "invalid": invalid}  # fmt: skip
+    if result.merged:
+        log.warning("save_sessions: %d fenced snapshots carried history the store lacked "
+                    "(merged; calls reopened for their archive: %s)", result.merged,
+                    ", ".join(result.reopened) or "none")  # fmt: skip
+    for conversation_id in result.reopened:
+        ctx.dispatcher.send(names.ARCHIVE_SESSION, conversation_id)
+    log.debug("save_sessions: batch of %d: %s", len(snapshots) + invalid, outcome)
     return outcome
 
 

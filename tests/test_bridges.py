@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,9 +15,11 @@ from bridges.hosting import hosted_bridge
 from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import AudioCodesClient
+from sessions.codec import Snapshot
+from sessions.errors import StorageUnavailable
 from sessions.settings import Settings
 from sessions.state import SessionStatus
-from tasks.runtime import Dispatcher
+from sessions.storage import SessionStorage
 from tests.conftest import wait_until
 from tests.services import throwaway_redis
 from tests.workers import broker_app, subprocess_worker
@@ -103,16 +103,16 @@ async def _has_status(runtime: BridgeRuntime, cid: str, status: SessionStatus) -
     return await stored_status(runtime, cid) is status
 
 
-class GatedDispatcher:
-    """Holds every publish until opened: an instance slow to hand a dropped call over."""
+class GatedStorage:
+    """Holds the hand-off write until opened: an instance slow to hand a dropped call over."""
 
-    def __init__(self, inner: Dispatcher) -> None:
+    def __init__(self, inner: SessionStorage) -> None:
         self.inner = inner
-        self.opened = threading.Event()
+        self.opened = asyncio.Event()
 
-    def send(self, task_name: str, *args: Any) -> None:
-        self.opened.wait(10)
-        self.inner.send(task_name, *args)
+    async def save(self, snapshot: Snapshot) -> bool:
+        await self.opened.wait()
+        return await self.inner.save(snapshot)
 
 
 async def test_a_resume_right_after_a_drop_waits_for_the_old_instance_to_hand_over(
@@ -125,9 +125,8 @@ async def test_a_resume_right_after_a_drop_waits_for_the_old_instance_to_hand_ov
         await caller.connect()
         await caller.initiate()
         await caller.expect("playStream.stop")
-        await wait_until(lambda: _has_status(first, "call-handoff", SessionStatus.ACTIVE))
-        gate = GatedDispatcher(first.persister.dispatcher)
-        first.persister.dispatcher = gate  # the turn and the PAUSED save wait at the gate
+        gate = GatedStorage(first.storage)
+        first.handover.storage = gate  # type: ignore[assignment]  # the hand-off waits here
         await caller.say("123")
         await caller.expect("playStream.stop")
         await caller.close()
@@ -231,8 +230,7 @@ async def test_shutdown_saves_live_calls_paused_for_another_instance(
 BAD_INPUT = [
     ("malformed JSON", '{"type": "session.initiate",', "malformed JSON"),
     ("not an object", "[1, 2]", "must be a JSON object"),
-    ("unknown type", '{"type": "session.explode", "conversationId": "c"}', "unknown message type"),
-    ("missing type", '{"conversationId": "c"}', "unknown message type"),
+    ("missing type", '{"conversationId": "c"}', "string 'type'"),
     ("missing conversationId", '{"type": "session.initiate"}', "conversationId"),
     ("unsafe conversationId", '{"type": "session.initiate", "conversationId": "../x y"}',
      "conversation id"),
@@ -264,6 +262,52 @@ async def test_bad_input_gets_a_clear_error_and_other_calls_go_on(
     await good.say("12")
     await good.expect(lambda m: m.get("type") == "playStream.start" and m["streamId"] == "2")
     assert list(runtime.calls) == ["good-call"]
+
+
+async def test_unknown_message_types_are_ignored_and_bad_activities_reported_alone(
+    embedded: tuple[str, BridgeRuntime],
+) -> None:
+    url, runtime = embedded
+    client = AudioCodesClient(url, "lenient")
+    await client.connect()
+    await client.initiate()
+    await client.expect("playStream.stop")
+    await client.send("session.newFeature", anything=1)
+    await client.send("activities", activities=[
+        {"type": "event", "name": "dtmf", "value": "X"},
+        {"type": "event", "name": "dtmf", "value": "7"},
+        "not an activity",
+        {"type": "event", "name": "dtmf", "value": "8"},
+    ])  # fmt: skip
+    error = await client.expect("session.error")
+    assert "activities[0]" in error["reason"] and "activities[2]" in error["reason"]
+    assert "activities[1]" not in error["reason"] and "session.newFeature" not in error["reason"]
+    state = runtime.calls["lenient"].state
+    assert state is not None
+    assert [t["content"] for t in state.conversation_history][-2:] == ["DTMF 7", "DTMF 8"]
+    assert runtime.metrics.counters["ignored_messages"] == 1
+    assert len(client.of_type("session.error")) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"), [("unknown", "session not found"), ("ended", "session has ended")]
+)
+async def test_a_refused_resume_says_why_in_the_error_and_the_close(
+    embedded: tuple[str, BridgeRuntime], setup: str, reason: str
+) -> None:
+    url, runtime = embedded
+    if setup == "ended":
+        caller = AudioCodesClient(url, "gone")
+        await caller.connect()
+        await caller.initiate()
+        await caller.hangup()
+        await caller.closed()
+        await runtime.settle()
+    again = AudioCodesClient(url, "gone")
+    await again.connect()
+    error = await again.resume()
+    assert error["type"] == "session.error" and error["reason"] == reason
+    assert await again.closed() == 1000 and again.close_reason == f"resume refused: {reason}"
 
 
 async def test_bad_audio_and_oversize_frames_are_refused(
@@ -382,3 +426,75 @@ async def test_a_call_survives_the_model_ending_its_session(
     replayed = [json.dumps(item) for item in sim.connections[1].items]
     assert any('"12"' in item for item in replayed)
     assert runtime.metrics.counters["model_reconnects"] == 1
+
+
+async def test_calls_that_end_or_leave_leave_nothing_behind_in_the_bridge(
+    embedded: tuple[str, BridgeRuntime],
+) -> None:
+    url, runtime = embedded
+    for i in range(30):
+        caller = AudioCodesClient(url, f"churn-{i}")
+        await caller.connect()
+        await caller.initiate()
+        await caller.expect("playStream.stop")
+        if i % 3 == 0:
+            await caller.hangup()
+            await caller.closed()
+        elif i % 3 == 1:
+            await caller.close()  # a drop: handed over, stored PAUSED
+        else:
+            await caller.end("done")
+            await caller.closed()
+    await wait_until(lambda: _async_true(not runtime.calls and not _realtime_tasks()))
+    await runtime.settle()
+    persister = runtime.persister.metrics()
+    assert (persister.live_sessions, persister.dirty, persister.backlog) == (0, 0, 0)
+    assert runtime.handover.waiting == 0 and runtime.metrics.counters["handoffs"] == 10
+
+
+def _realtime_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("realtime-")]
+
+
+async def test_the_service_hangs_up_a_live_call_in_process_on_the_embedded_default(
+    embedded: tuple[str, BridgeRuntime],
+) -> None:
+    url, runtime = embedded
+    caller = AudioCodesClient(url, "api-end")
+    await caller.connect()
+    await caller.initiate()
+    await caller.expect("playStream.stop")
+    assert await runtime.service.end_session("api-end", "ended by the API")
+    hangup = await caller.expect("activities")
+    assert hangup["activities"][0]["name"] == "hangup"
+    assert await caller.closed() == 1000
+    await runtime.settle()
+    state = await runtime.storage.load("api-end")
+    assert state is not None and state.status is SessionStatus.ENDED
+    assert state.end_reason == "ended by the API"
+    assert not await runtime.service.end_session("api-end")  # already ended
+
+
+class UnreachableStorage:
+    """A store that does not answer (the hand-off write fails)."""
+
+    async def save(self, snapshot: Snapshot) -> bool:
+        raise StorageUnavailable("redis at redis://127.0.0.1:1 is unavailable")
+
+
+async def test_a_hand_off_storage_refuses_goes_out_through_the_persister(
+    embedded: tuple[str, BridgeRuntime],
+) -> None:
+    url, runtime = embedded
+    caller = AudioCodesClient(url, "fallback")
+    await caller.connect()
+    await caller.initiate()
+    await caller.expect("playStream.stop")
+    runtime.handover.storage = UnreachableStorage()  # type: ignore[assignment]
+    await caller.close()
+    await wait_until(lambda: _async_true(not runtime.calls))
+    await runtime.settle()  # the persister's copy is applied by the local executor
+    state = await runtime.storage.load("fallback")
+    assert state is not None and state.status is SessionStatus.PAUSED
+    assert runtime.metrics.counters["handoff_failures"] == 1
+    assert runtime.persister.metrics().live_sessions == 0

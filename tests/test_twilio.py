@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from bridges.hosting import hosted_bridge
 from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
-from bridges.sim.telephony import TwilioClient
+from bridges.sim.telephony import TwilioClient, twilio_status_callback
 from bridges.twilio import TwilioBridge
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
@@ -72,8 +72,11 @@ async def test_a_full_call_on_the_embedded_default_is_ended_and_archived(
         await client.connect()
         await full_call(client)
         await runtime.settle()
+        assert (await stored(runtime)).status is SessionStatus.PAUSED  # the call may go on
+        assert await twilio_status_callback(url, CALL, "completed") == 204
+        await runtime.settle()
         state = await stored(runtime)
-        assert state.status is SessionStatus.ENDED and state.end_reason == "call ended"
+        assert state.status is SessionStatus.ENDED and state.end_reason == "call completed"
         assert sim.connections[0].config["audio"]["input"]["format"] == {"type": "audio/pcmu"}
         assert runtime.metrics.counters["protocol_errors"] == 0
         again = TwilioClient(url, CALL, "MZ2")  # a stream for the ended call is refused
@@ -93,6 +96,7 @@ async def test_a_full_call_on_redis_is_archived_by_the_celery_worker(
         client = TwilioClient(url, CALL, "MZ1")
         await client.connect()
         await full_call(client)
+        assert await twilio_status_callback(url, CALL, "completed") == 204
         await asyncio.to_thread(wait_for, lambda: any(archive_dir.rglob(f"{CALL}.json")))
         state = await stored(runtime)
     assert state.status is SessionStatus.ENDED
@@ -133,6 +137,7 @@ async def test_a_dropped_stream_resumes_on_a_second_instance_with_history_and_no
         await again.expect("mark")
         await again.stop()
         assert await again.closed() == 1000
+        assert await twilio_status_callback(url_b, CALL, "completed") == 204
         await second.settle()
         await wait_until(lambda: _has_status(second, SessionStatus.ENDED))  # a worker applies it
         state = await stored(second)
@@ -145,6 +150,78 @@ async def test_a_dropped_stream_resumes_on_a_second_instance_with_history_and_no
     assert state.resumed_count == 1 and state.epoch == 2
     assert [t["content"] for t in state.conversation_history][-2:] == ["45", "you said 45"]
     assert state.metadata["twilio"]["stream_sid"] == "MZ2"
+
+
+async def test_a_stopped_stream_resumes_on_a_new_stream_within_its_grace(
+    sim: RealtimeSimulator, tmp_path: Path
+) -> None:
+    settings = Settings(archive_dir=str(tmp_path), twilio_stop_grace_s=30)
+    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
+    async with hosted_bridge(runtime) as url:
+        first = TwilioClient(url, CALL, "MZ1")
+        await first.connect()
+        await first.start()
+        await first.expect("mark")
+        await first.say("123")
+        await first.expect(lambda m: m.get("event") == "mark" and m["mark"]["name"] == "bot-2")
+        await first.stop()  # <Connect action> moves the call to a new stream
+        assert await first.closed() == 1000 and "can resume" in str(first.close_reason)
+        assert runtime.handover.waiting == 1
+        second = TwilioClient(url, CALL, "MZ2")
+        await second.connect()
+        await second.start()
+        await sim.wait_for(lambda s: len(s.connections) == 2 and len(s.connections[1].items) > 2)
+        assert runtime.handover.waiting == 0
+        await second.say("45")
+        await second.expect("mark")
+        replayed = json.dumps(sim.connections[1].items)
+        assert '"123"' in replayed and "you said 123" in replayed
+        assert await twilio_status_callback(url, CALL, "no-answer") == 204
+        assert await second.closed() == 1000  # the status callback hangs the live call up
+        await runtime.settle()
+        state = await stored(runtime)
+    assert state.status is SessionStatus.ENDED and state.end_reason == "call no-answer"
+    assert state.resumed_count == 1
+    assert [t["content"] for t in state.conversation_history][-2:] == ["45", "you said 45"]
+
+
+async def test_a_stopped_stream_not_resumed_ends_when_its_grace_is_over(
+    sim: RealtimeSimulator, tmp_path: Path
+) -> None:
+    settings = Settings(archive_dir=str(tmp_path), twilio_stop_grace_s=0.3)
+    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
+    async with hosted_bridge(runtime) as url:
+        stream = TwilioClient(url, CALL, "MZ1")
+        await stream.connect()
+        await stream.start()
+        await stream.expect("mark")
+        await stream.stop()
+        await stream.closed()
+        await wait_until(lambda: _has_status(runtime, SessionStatus.ENDED))
+        await runtime.settle()
+        state = await stored(runtime)
+        assert state.end_reason == "call ended" and runtime.handover.waiting == 0
+    assert any(tmp_path.rglob(f"{CALL}.json"))
+
+
+async def test_the_status_callback_is_signed_and_only_final_statuses_end(
+    sim: RealtimeSimulator, tmp_path: Path
+) -> None:
+    settings = Settings(archive_dir=str(tmp_path), twilio_auth_token="s3cret")
+    runtime = BridgeRuntime.build(settings, realtime_url=sim.url, schedule=False)
+    async with hosted_bridge(runtime) as url:
+        signature = RequestValidator("s3cret").compute_signature(f"{url}/ws/twilio", {})
+        stream = TwilioClient(url, CALL, "MZ1", headers={"X-Twilio-Signature": signature})
+        await stream.connect()
+        await stream.start()
+        await stream.expect("mark")
+        assert await twilio_status_callback(url, CALL, "completed") == 403  # unsigned
+        assert await twilio_status_callback(url, CALL, "completed", "wrong") == 403
+        assert await twilio_status_callback(url, CALL, "in-progress", "s3cret") == 204
+        assert CALL in runtime.calls
+        assert await twilio_status_callback(url, CALL, "completed", "s3cret") == 204
+        assert await stream.closed() == 1000
+        assert runtime.metrics.counters["refused_status_callbacks"] == 2
 
 
 async def _has_status(runtime: BridgeRuntime, status: SessionStatus) -> bool:
@@ -178,6 +255,7 @@ async def test_a_second_stream_for_a_live_call_takes_it_over(
     assert not new.of_type("clear")
     await new.stop()
     assert await new.closed() == 1000
+    assert await twilio_status_callback(url, CALL, "completed") == 204
     await runtime.settle()
     state = await stored(runtime)
     assert state.status is SessionStatus.ENDED and state.resumed_count == 1
