@@ -19,12 +19,14 @@ Reliability choices, and why:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 from kombu.compression import encoders
 
+from sessions.errors import ConfigError
 from sessions.settings import Settings, load_settings
 
 QUEUES = ("persistence", "archive", "maintenance")
@@ -95,4 +97,13 @@ def build(settings: Settings) -> dict[str, Any]:
     }
 
 
-globals().update(build(load_settings()))
+def _settings_or_exit() -> Settings:
+    """The settings; on bad configuration, the one-line error the CLI gives, and exit 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+
+
+globals().update(build(_settings_or_exit()))

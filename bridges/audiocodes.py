@@ -10,7 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridges.audio import MediaFormat, negotiate
 from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
-from bridges.errors import ModelRefused, ModelUnavailable, ProtocolError, UnsupportedMediaFormat
+from bridges.errors import (
+    InstanceFull,
+    ModelRefused,
+    ModelUnavailable,
+    ProtocolError,
+    UnsupportedMediaFormat,
+)
 from bridges.peer import CLOSE_NORMAL, Incoming, Peer, decode_audio, encode_audio, validate
 from bridges.runtime import BridgeRuntime
 from sessions.errors import InvalidConversationId, SessionLimitReached
@@ -111,7 +117,8 @@ class AudioCodesBridge(BaseBridge):
         except ResumeRefused as exc:
             await self._error(str(exc), incoming.data.get("conversationId"))
             self.hangup, self.close_reason = True, f"resume refused: {exc}"
-        except (UnsupportedMediaFormat, ModelUnavailable, ModelRefused, SessionLimitReached) as exc:
+        except (UnsupportedMediaFormat, ModelUnavailable, ModelRefused, SessionLimitReached,
+                InstanceFull) as exc:  # fmt: skip
             await self._error(str(exc), incoming.data.get("conversationId"))
             self.hangup = self.state is None
         except (ProtocolError, InvalidConversationId) as exc:

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from bridges.audio import AudioConverter, MediaFormat, model_format_for
-from bridges.errors import ModelRefused, ModelUnavailable, ProtocolError
+from bridges.errors import InstanceFull, ModelRefused, ModelUnavailable, ProtocolError
 from bridges.model import RealtimeClient, history_items
 from bridges.model.events import AUDIO_DELTA
 from bridges.runtime import BridgeRuntime
@@ -91,6 +91,7 @@ class BaseBridge(ModelTurns, ABC):
         When the model cannot be reached or refuses the session, the call is ended (status
         ERROR, archived) and the error is raised for the telephony side to refuse the call.
         """
+        self._check_capacity()
         # The first write names this instance as the live call's holder.
         fields = {"bridge_type": self.bridge_type, "media_format": media_format,
                   "status": SessionStatus.ACTIVE, "session_id": self.runtime.instance_id,
@@ -124,6 +125,7 @@ class BaseBridge(ModelTurns, ABC):
         previous = self.runtime.calls.get(conversation_id)
         if previous is not None and previous is not self:
             await previous.detach()
+        self._check_capacity()
         await self.runtime.settle()
         silent = await self.runtime.handover.await_handoff(conversation_id)
         try:
@@ -265,6 +267,13 @@ class BaseBridge(ModelTurns, ABC):
             transcription_model=config.transcription_model, sessions=previous,
         )  # fmt: skip
         self.runtime.calls[state.conversation_id] = self
+
+    def _check_capacity(self) -> None:
+        limit = self.runtime.settings.max_calls
+        if len(self.runtime.calls) >= limit:
+            self.runtime.metrics.count("calls_refused_full")
+            raise InstanceFull(f"this bridge instance holds {limit} calls (MAX_CALLS); "
+                               "try another instance")  # fmt: skip
 
     def _fail_start(self, state: SessionState, exc: Exception) -> None:
         """A call whose model never came up: recorded, ended and archived, never left open."""

@@ -25,6 +25,10 @@ class ModelUnavailable(BridgeError, RetryableError):
     """The realtime model could not be reached, or its connection dropped."""
 
 
+class InstanceFull(BridgeError, RetryableError):
+    """This bridge instance holds MAX_CALLS calls already; another instance may take the call."""
+
+
 class ModelRefused(BridgeError, TerminalError):
     """The realtime model refused the session (credentials, quota, a setting): no retry helps."""
 

@@ -22,12 +22,20 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def hosted_bridge(
-    runtime: BridgeRuntime, *, owns_runtime: bool = True, port: int | None = None
+    runtime: BridgeRuntime,
+    *,
+    owns_runtime: bool = True,
+    port: int | None = None,
+    loopback_only: bool = True,
 ) -> AsyncIterator[str]:
-    """Serve a bridge on loopback; yields its `ws://` base URL; shuts down gracefully after."""
+    """Serve a bridge on loopback; yields its `ws://` base URL; shuts down gracefully after.
+
+    `loopback_only=False` serves it as if it listened beyond loopback (operator endpoints
+    then want OPERATOR_TOKEN).
+    """
     port = port or free_port()
     config = uvicorn.Config(
-        create_app(runtime, owns_runtime=owns_runtime),
+        create_app(runtime, owns_runtime=owns_runtime, loopback_only=loopback_only),
         host="127.0.0.1",
         port=port,
         log_level="warning",

@@ -82,6 +82,8 @@ def parse(raw: str, received_s: float, max_frame_bytes: int) -> Incoming:
         data = json.loads(raw)
     except ValueError:
         return Incoming(None, "malformed JSON", received_s)
+    except RecursionError:  # nesting deeper than the interpreter's recursion limit
+        return Incoming(None, "malformed JSON: nested too deeply", received_s)
     if not isinstance(data, dict):
         return Incoming(None, "a message must be a JSON object", received_s)
     return Incoming(data, None, received_s)

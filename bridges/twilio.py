@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 
 from bridges.audio import MULAW_SILENCE, MediaFormat, media_format_from_twilio
 from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
-from bridges.errors import ModelRefused, ProtocolError, UnsupportedMediaFormat
+from bridges.errors import InstanceFull, ModelRefused, ProtocolError, UnsupportedMediaFormat
 from bridges.peer import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
@@ -38,6 +38,7 @@ from sessions.state import RESUMABLE, SessionStatus
 log = logging.getLogger(__name__)
 
 MEDIA_FORMAT: MediaFormat = "raw/mulaw"
+CLOSE_TRY_AGAIN = 1013  # "try again later": this instance is full
 FRAME_BYTES = 160  # 20 ms of µ-law at 8 kHz
 MAX_PROTOCOL_ERRORS = 20
 DETACHED = "stream detached; the call can resume"
@@ -222,6 +223,8 @@ class TwilioBridge(BaseBridge):
             self._refuse(getattr(exc, "code", CLOSE_POLICY), str(exc))
         except ModelRefused as exc:
             self._refuse(CLOSE_ERROR, f"model refused the session: check {exc.setting}")
+        except InstanceFull as exc:
+            self._refuse(CLOSE_TRY_AGAIN, str(exc))
         except (RetryableError, SessionLimitReached) as exc:
             self._refuse(CLOSE_ERROR, str(exc))
         except (ProtocolError, InvalidConversationId) as exc:

@@ -81,7 +81,14 @@ def _details(message: Message) -> dict[str, Any]:
     details = {k: v for k, v in message.items() if k not in skip}
     if "start" in details and isinstance(details["start"], dict):
         details["start"] = {k: details["start"][k] for k in ("callSid",) if k in details["start"]}
+    if isinstance(details.get("caller"), str):
+        details["caller"] = mask_number(details["caller"])
     return details
+
+
+def mask_number(number: str) -> str:
+    """A phone number as a log may show it: its first four and last two characters."""
+    return number[:4] + "*" * max(0, len(number) - 6) + number[-2:] if len(number) > 6 else "***"
 
 
 @contextlib.contextmanager

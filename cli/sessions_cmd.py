@@ -35,6 +35,7 @@ from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
 from sessions.storage import SessionStorage
 from tasks import names
+from tasks.redaction import describe_args
 
 if TYPE_CHECKING:
     from cli.output import Subparsers
@@ -405,7 +406,9 @@ def _send_end(settings: Settings, conversation_id: str, reason: str) -> str:
 
     app = celery_client(settings)
     try:
-        return str(app.send_task(names.END_SESSION, args=[conversation_id, reason, None]).id)
+        args = [conversation_id, reason, None]
+        shown = describe_args(names.END_SESSION, args)
+        return str(app.send_task(names.END_SESSION, args=args, argsrepr=shown).id)
     finally:
         app.close()
 

@@ -67,5 +67,5 @@ def build_sync_store(
 def build_sink(settings: Settings) -> ArchiveSink:
     """PostgreSQL when ARCHIVE_URL is set, else the filesystem under ARCHIVE_DIR."""
     if settings.archive_url:
-        return PostgresSink(settings.archive_url, settings.archive_table)
+        return PostgresSink(settings.effective_archive_url or "", settings.archive_table)
     return FileSystemSink(settings.archive_dir)

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         default=None, validation_alias="AUDIOCODES_BOT_TOKEN"
     )
     twilio_auth_token: SecretStr | None = Field(default=None, validation_alias="TWILIO_AUTH_TOKEN")
+    audiocodes_enabled: bool = Field(default=True, validation_alias="AUDIOCODES_ENABLED")
+    twilio_enabled: bool = Field(default=True, validation_alias="TWILIO_ENABLED")
+    allow_unauthenticated: bool = Field(default=False, validation_alias="ALLOW_UNAUTHENTICATED")
+    operator_token: SecretStr | None = Field(default=None, validation_alias="OPERATOR_TOKEN")
+    max_calls: int = Field(default=200, ge=1, le=100_000, validation_alias="MAX_CALLS")
+    auth_failure_limit: int = Field(
+        default=20, ge=1, le=100_000, validation_alias="AUTH_FAILURE_LIMIT"
+    )
     send_session_resumed: bool = Field(default=True, validation_alias="SEND_SESSION_RESUMED")
     resume_handoff_ms: int = Field(
         default=1000, ge=0, le=30_000, validation_alias="RESUME_HANDOFF_MS"
@@ -130,6 +138,7 @@ class Settings(BaseSettings):
     # archive
     archive_dir: str = Field(default="var/archive", min_length=1, validation_alias="ARCHIVE_DIR")
     archive_url: str | None = Field(default=None, validation_alias="ARCHIVE_URL")
+    archive_password: SecretStr | None = Field(default=None, validation_alias="ARCHIVE_PASSWORD")
     archive_table: str = Field(
         default="session_archive",
         pattern=r"^[a-z_][a-z0-9_]{0,62}$",
@@ -140,6 +149,8 @@ class Settings(BaseSettings):
         "redis_password",
         "audiocodes_bot_token",
         "twilio_auth_token",
+        "operator_token",
+        "archive_password",
         "openai_api_key",
         "azure_openai_api_key",
         "azure_openai_ad_token",
@@ -219,12 +230,14 @@ class Settings(BaseSettings):
             return self.celery_broker_url
         url = self.effective_redis_url
         password = self.redis_kwargs().get("password")
-        if not password:
-            return url
-        parts = urlsplit(url)
-        netloc = f"{parts.username or ''}:{quote(password, safe='')}@{parts.hostname}"
-        netloc += f":{parts.port}" if parts.port else ""
-        return urlunsplit(parts._replace(netloc=netloc))
+        return with_password(url, password) if password else url
+
+    @property
+    def effective_archive_url(self) -> str | None:
+        """ARCHIVE_URL with ARCHIVE_PASSWORD folded in (escaped) when the URL carries none."""
+        if not self.archive_url or self.archive_password is None:
+            return self.archive_url
+        return with_password(self.archive_url, self.archive_password.get_secret_value())
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Client keyword arguments: REDIS_PASSWORD when the URL carries none."""
@@ -233,13 +246,26 @@ class Settings(BaseSettings):
         return {"password": self.redis_password.get_secret_value()}
 
 
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` in its user info (percent-escaped), unless it carries one."""
+    parts = urlsplit(url)
+    if parts.password is not None or parts.hostname is None:
+        return url
+    netloc = f"{quote(parts.username or '', safe='')}:{quote(password, safe='')}@{parts.hostname}"
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment; ConfigError names each invalid variable."""
+    """Settings from the environment; ConfigError names each invalid variable and its rule.
+
+    The rejected value is never shown: it may be a secret, or a URL holding one.
+    """
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

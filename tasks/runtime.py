@@ -36,8 +36,11 @@ class CeleryDispatcher:
     def send(self, task_name: str, *args: Any) -> None:
         from celery import current_app
 
+        from tasks.redaction import describe_args
+
         app = self.app or current_app
-        app.send_task(task_name, args=list(args), retry=self.retry)
+        app.send_task(task_name, args=list(args), retry=self.retry,
+                      argsrepr=describe_args(task_name, args), kwargsrepr="{}")  # fmt: skip
 
 
 @dataclass

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -29,6 +30,24 @@ def test_every_setting_is_in_env_example_and_the_readme() -> None:
     assert set(ENV_NAMES) <= documented
     missing = [name for name in ENV_NAMES if f"`{name}`" not in readme]
     assert missing == []
+
+
+REQUIRED = {"FLOWER_BASIC_AUTH": "u:p", "POSTGRES_PASSWORD": "pw", "REDIS_PASSWORD": "rp",
+            "AUDIOCODES_BOT_TOKEN": "a", "TWILIO_AUTH_TOKEN": "t"}  # fmt: skip
+
+
+def test_the_stack_requires_every_secret_and_redis_wants_its_acl_user() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    for name in REQUIRED:
+        assert f"${{{name}:?" in text, name
+    assert f"${{{'AUDIOCODES_BOT_TOKEN'}:-" not in text and "TWILIO_AUTH_TOKEN:-" not in text
+    services = compose()["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("default") + 1] == "off" and "opus" in command
+    for name in ("bridge", "worker", "worker-archive", "beat", "flower"):
+        env = services[name]["environment"]
+        assert env["REDIS_URL"].startswith("redis://opus@") and "REDIS_PASSWORD" in env, name
+        assert urlsplit(env["ARCHIVE_URL"]).password is None and "ARCHIVE_PASSWORD" in env
 
 
 def test_redis_persists_and_never_evicts() -> None:
@@ -61,7 +80,7 @@ def test_worker_beat_and_flower_run_the_app_as_the_readme_says() -> None:
     not (shutil.which("docker-compose") or shutil.which("docker")), reason="no compose client"
 )
 def test_compose_config_validates() -> None:
-    env = {**os.environ, "FLOWER_BASIC_AUTH": "u:p", "POSTGRES_PASSWORD": "pw"}
+    env = {**os.environ, **REQUIRED}
     for cmd in (["docker", "compose", "config", "-q"], ["docker-compose", "config", "-q"]):
         if shutil.which(cmd[0]) is None:
             continue

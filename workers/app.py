@@ -10,11 +10,12 @@ from celery.signals import task_failure, worker_process_init, worker_process_shu
 
 from sessions.settings import load_settings
 from tasks import runtime
+from tasks.redaction import RedactedTask, describe_args
 from tasks.runtime import TaskContext
 
 log = logging.getLogger("opus_sessions.worker")
 
-app = Celery("opus_sessions")
+app = Celery("opus_sessions", task_cls=RedactedTask)
 app.config_from_object("celeryconfig")
 app.conf.include = ["tasks.persistence", "tasks.archive", "tasks.maintenance"]
 
@@ -39,4 +40,4 @@ def _close_clients(**_: Any) -> None:
 def _log_failure(sender: Any = None, task_id: str | None = None, exception: Any = None,
                  args: Any = None, **_: Any) -> None:  # fmt: skip
     name = getattr(sender, "name", "?")
-    log.error("task %s[%s] failed: %r (args %.200r)", name, task_id, exception, args)
+    log.error("task %s[%s] failed: %r %s", name, task_id, exception, describe_args(name, args))
