@@ -267,6 +267,7 @@ class BaseBridge(ModelTurns, ABC):
             transcription_model=config.transcription_model, sessions=previous,
         )  # fmt: skip
         self.runtime.calls[state.conversation_id] = self
+        self.runtime.persister.track(state.conversation_id)
 
     def _check_capacity(self) -> None:
         limit = self.runtime.settings.max_calls
@@ -299,5 +300,6 @@ class BaseBridge(ModelTurns, ABC):
         cid = self.conversation_id
         if cid is not None and self.runtime.calls.get(cid) is self:
             del self.runtime.calls[cid]
+            self.runtime.persister.forget(cid, stored=False)
         if self.model is not None:
             await self.model.close()

@@ -170,6 +170,11 @@ class SessionPersister:
         self._put(state.conversation_id, _Pending(freeze(state), reason))
         self._wake.set()
 
+    def track(self, conversation_id: str) -> None:
+        """A call is live on this instance (counted until it ends or leaves)."""
+        with self._lock:
+            self._live.add(conversation_id)
+
     def forget(self, conversation_id: str, *, stored: bool = True) -> None:
         """The call left this instance; when its state is `stored`, drop its older unsent saves."""
         with self._lock:
@@ -203,9 +208,7 @@ class SessionPersister:
                           self.max_pending, conversation_id)  # fmt: skip
                 return
             self._pending[conversation_id] = item
-            if item.end_reason is None:
-                self._live.add(conversation_id)
-            else:
+            if item.end_reason is not None:
                 self._live.discard(conversation_id)
                 self._ending.add(conversation_id)
 

@@ -44,6 +44,8 @@ def test_saves_coalesce_and_the_last_state_wins(
     persister: SessionPersister, task_ctx: TaskContext
 ) -> None:
     states = [make_state(f"c{i}") for i in range(100)]
+    for state in states:
+        persister.track(state.conversation_id)  # as a bridge does when a call attaches
     for turn in range(20):
         for state in states:
             state.add_conversation_item({"role": "user", "content": f"turn {turn}"})
@@ -54,6 +56,10 @@ def test_saves_coalesce_and_the_last_state_wins(
     metrics = persister.metrics()
     assert metrics.snapshots_sent < 100 * 20 and metrics.backlog == 0
     assert metrics.live_sessions == 100
+    for state in states[:40]:
+        persister.forget(state.conversation_id)
+    persister.save(states[0])  # a late save of a call that left does not make it live again
+    assert persister.metrics().live_sessions == 60
 
 
 def test_an_ended_session_is_never_overwritten_by_an_earlier_snapshot_sent_late(
