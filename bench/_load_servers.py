@@ -21,17 +21,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from websockets.asyncio.server import serve
 
+import bridges.call.turns
 import bridges.server
 import bridges.sim.server
-import bridges.turns
-from bridges.metrics import BridgeMetrics
+from bridges.call.metrics import BridgeMetrics
+from bridges.call.runtime import BridgeRuntime
 from bridges.model.events import AUDIO_DELTA
-from bridges.peer import Incoming, Peer
-from bridges.persistence import Persistence
-from bridges.persister import SessionPersister, tune_gc
-from bridges.runtime import BridgeRuntime
+from bridges.persist.persistence import Persistence
+from bridges.persist.persister import SessionPersister, tune_gc
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.session import ProtocolSession
+from bridges.telephony.peer import Incoming, Peer
 from sessions.factory import build_storage
 from sessions.settings import load_settings
 from sessions.state import SessionState
@@ -93,10 +93,10 @@ class StampedPeer(Peer):
 
 
 async def stamped_delta(
-    bridge: bridges.turns.ModelTurns, event: dict[str, Any], received_s: float
+    bridge: bridges.call.turns.ModelTurns, event: dict[str, Any], received_s: float
 ) -> None:
     SENT_S.set(event.get("sent_s"))
-    await bridges.turns.ModelTurns._on_audio_delta(bridge, event, received_s)
+    await bridges.call.turns.ModelTurns._on_audio_delta(bridge, event, received_s)
 
 
 class NoPersister(SessionPersister):
@@ -121,7 +121,7 @@ def serve_bridge(port: int, realtime_url: str, persistence: str, deflate: bool) 
                                 realtime_url=realtime_url)  # fmt: skip
     runtime.metrics = metrics = WindowMetrics()
     bridges.server.Peer = StampedPeer  # type: ignore[attr-defined]
-    bridges.turns._HANDLERS[AUDIO_DELTA] = stamped_delta
+    bridges.call.turns._HANDLERS[AUDIO_DELTA] = stamped_delta
     app = bridges.server.create_app(runtime)
     app.router.routes.append(Route("/bench/window", metrics.endpoint))
     tune_gc()

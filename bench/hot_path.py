@@ -31,8 +31,8 @@ import redis
 
 import celeryconfig
 from bench._speech import Sentences
-from bridges.persistence import celery_client
-from bridges.persister import SessionPersister, tune_gc
+from bridges.persist.persistence import celery_client
+from bridges.persist.persister import SessionPersister, tune_gc
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
 from sessions.statistics import percentile
@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.seconds = args.seconds or (3.0 if args.quick else 10.0)
-    logging.getLogger("bridges.persister").setLevel(logging.CRITICAL)  # the rows report failures
+    # the rows report failures
+    logging.getLogger("bridges.persist.persister").setLevel(logging.CRITICAL)
     if args.tune_gc:
         tune_gc()
     rows, cond = asyncio.run(run_all(args))

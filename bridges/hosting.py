@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import uvicorn
 
-from bridges.runtime import BridgeRuntime
+from bridges.call.runtime import BridgeRuntime
 from bridges.server import create_app
 
 

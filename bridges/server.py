@@ -13,7 +13,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bridges.audiocodes import AudioCodesBridge
+from bridges.call.metrics import prometheus_text
+from bridges.call.runtime import BridgeRuntime
 from bridges.guard import (
     AuthFailures,
     bearer_matches,
@@ -21,12 +22,11 @@ from bridges.guard import (
     is_loopback,
     operator_allowed,
 )
-from bridges.metrics import prometheus_text
-from bridges.peer import Peer
-from bridges.persister import tune_gc
-from bridges.runtime import BridgeRuntime
-from bridges.twilio import TwilioBridge, signature_valid
-from bridges.twilio_status import status_callback
+from bridges.persist.persister import tune_gc
+from bridges.telephony.audiocodes import AudioCodesBridge
+from bridges.telephony.peer import Peer
+from bridges.telephony.twilio import TwilioBridge, signature_valid
+from bridges.telephony.twilio_status import status_callback
 from sessions.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import AudioCodesClient, Message, TwilioClient
 from sessions.redis_ops import redact_url

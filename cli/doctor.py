@@ -129,7 +129,7 @@ def check_broker(settings: Settings, _: dict[str, Check]) -> tuple[bool, str]:
         return True, EMBEDDED
     from kombu.exceptions import OperationalError
 
-    from bridges.persistence import ping_broker
+    from bridges.persist.persistence import ping_broker
 
     url = redact_url(settings.broker_url)
     try:
@@ -218,7 +218,7 @@ def _redis_client(settings: Settings) -> Any:
 
 def _active_queues(settings: Settings) -> dict[str, list[str]]:
     """Each answering worker's queue names."""
-    from bridges.persistence import celery_client
+    from bridges.persist.persistence import celery_client
 
     app = celery_client(settings)
     options = dict(app.conf.broker_transport_options or {})

@@ -402,7 +402,7 @@ def _finish_end(
 
 def _send_end(settings: Settings, conversation_id: str, reason: str) -> str:
     """Publish the end task; its id."""
-    from bridges.persistence import celery_client
+    from bridges.persist.persistence import celery_client
 
     app = celery_client(settings)
     try:

@@ -14,8 +14,8 @@ from celery.contrib.pytest import celery_worker  # noqa: F401 - Celery's in-thre
 from celery.contrib.testing.worker import start_worker
 
 import celeryconfig
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from sessions.archive import FileSystemSink
 from sessions.factory import build_sync_store

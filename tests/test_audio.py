@@ -23,9 +23,9 @@ from bridges.audio import (
     pcm16_to_mulaw,
     silence,
 )
+from bridges.call.vad import EnergyVad
 from bridges.errors import ProtocolError, UnsupportedMediaFormat
 from bridges.sim.speech import speech_frames, synthesize, transcribe
-from bridges.vad import EnergyVad
 
 TONE_AMPLITUDE = 10_000
 PAIRS = [(fmt, model) for fmt in MEDIA_FORMATS for model in MODEL_AUDIO_FORMATS]

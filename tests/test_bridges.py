@@ -11,8 +11,8 @@ import pytest
 import redis
 from websockets.exceptions import InvalidStatus
 
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import AudioCodesClient
 from sessions.codec import Snapshot

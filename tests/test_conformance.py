@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from bridges.audio import MEDIA_FORMATS, MediaFormat, model_format_for
+from bridges.call.runtime import BridgeRuntime
+from bridges.call.turns import _HANDLERS, IGNORED
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.strict import CLIENT_EVENTS, SERVER_EVENTS
 from bridges.sim.telephony import AudioCodesClient, TwilioClient
-from bridges.turns import _HANDLERS, IGNORED
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
 from sessions.usage import ModelUsage
@@ -162,8 +162,8 @@ def test_every_client_event_the_bridge_sends_is_a_ga_client_event() -> None:
     }
     assert bridge_sends <= set(CLIENT_EVENTS)
     model_side = [
-        ROOT / "bridges" / "base.py",
-        ROOT / "bridges" / "turns.py",
+        ROOT / "bridges" / "call" / "base.py",
+        ROOT / "bridges" / "call" / "turns.py",
         *(ROOT / "bridges" / "model").glob("*.py"),
     ]
     sources = "".join(p.read_text() for p in model_side)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from bridges.functions import FunctionRegistry, FunctionSpec, default_registry
+from bridges.call.functions import FunctionRegistry, FunctionSpec, default_registry
 
 
 async def test_the_example_functions_answer_and_a_transfer_asks_the_telephony_side() -> None:

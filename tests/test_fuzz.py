@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from bridges.runtime import BridgeRuntime
+from bridges.call.runtime import BridgeRuntime
 from bridges.sim.telephony import AudioCodesClient, TwilioClient
-from bridges.twilio import Connected
+from bridges.telephony.twilio import Connected
 
 SEED = 20261201
 AUDIOCODES_MESSAGES = 600

@@ -12,8 +12,8 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import AudioCodesClient, TwilioClient
 from sessions.settings import Settings

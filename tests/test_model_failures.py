@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import AudioCodesClient, TwilioClient
 from sessions.settings import Settings
@@ -138,7 +138,7 @@ async def test_a_resume_the_model_refuses_leaves_the_call_resumable(
 async def test_unknown_server_events_are_ignored_and_the_call_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("DEBUG", logger="bridges.turns")
+    caplog.set_level("DEBUG", logger="bridges.call.turns")
     async with RealtimeSimulator() as sim, hosted_bridge(runtime(sim, tmp_path)) as url:
         caller = await greeted(url, "future")
         await sim.send_unchecked(0, {"type": "response.future_feature", "event_id": "e1", "x": 1})

@@ -13,8 +13,8 @@ import redis
 from celery import Celery
 from kombu.compression import decompress
 
-from bridges.persistence import build_persistence, celery_client
-from bridges.persister import SessionPersister
+from bridges.persist.persistence import build_persistence, celery_client
+from bridges.persist.persister import SessionPersister
 from sessions.codec import Snapshot
 from sessions.memory import MemorySessionStorage
 from sessions.settings import Settings

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import AudioCodesClient
 from sessions.settings import Settings

@@ -12,11 +12,11 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.exceptions import InvalidStatus
 
+from bridges.call.runtime import BridgeRuntime
 from bridges.hosting import hosted_bridge
-from bridges.runtime import BridgeRuntime
 from bridges.sim.server import RealtimeSimulator
 from bridges.sim.telephony import TwilioClient, twilio_status_callback
-from bridges.twilio import TwilioBridge
+from bridges.telephony.twilio import TwilioBridge
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
 from tests.conftest import wait_for, wait_until

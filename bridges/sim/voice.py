@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from bridges.audio import encoding_of, mulaw_to_pcm16
+from bridges.call.vad import EnergyVad, VadKind
 from bridges.sim.conversation import AS_MEDIA, PREFIX_PADDING_MS, format_type
 from bridges.sim.strict import Violation
-from bridges.vad import EnergyVad, VadKind
 
 VAD_THRESHOLD = 500
 

@@ -3,7 +3,7 @@
 It relays audio both ways in-process, keeps the transcript and function calls in the
 session state, and hands every state change to the persister (never awaiting storage on the
 audio path). Protocol modules subclass it and implement the telephony side's hooks; what the
-model says and does arrives through `bridges.turns.ModelTurns`.
+model says and does arrives through `bridges.call.turns.ModelTurns`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from bridges.audio import AudioConverter, MediaFormat, model_format_for
+from bridges.call.runtime import BridgeRuntime
+from bridges.call.transcript import TranscriptManager
+from bridges.call.turns import ModelTurns, Playback
+from bridges.call.vad import VadManager
 from bridges.errors import InstanceFull, ModelRefused, ModelUnavailable, ProtocolError
 from bridges.model import RealtimeClient, history_items
 from bridges.model.events import AUDIO_DELTA
-from bridges.runtime import BridgeRuntime
-from bridges.transcript import TranscriptManager
-from bridges.turns import ModelTurns, Playback
-from bridges.vad import VadManager
 from sessions.errors import RetryableError, SessionExists, SessionLimitReached
 from sessions.service import RESUME_REFUSALS
 from sessions.state import SessionState, SessionStatus

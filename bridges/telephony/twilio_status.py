@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from twilio.request_validator import RequestValidator
 
-from bridges.twilio import signed_urls
+from bridges.telephony.twilio import signed_urls
 from sessions.keys import check_conversation_id
 from sessions.settings import Settings
 
 if TYPE_CHECKING:
-    from bridges.runtime import BridgeRuntime
+    from bridges.call.runtime import BridgeRuntime
 
 log = logging.getLogger(__name__)
 FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})

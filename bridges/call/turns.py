@@ -19,18 +19,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bridges.audio import AudioConverter, bytes_per_second
-from bridges.functions import FunctionResult
+from bridges.call.functions import FunctionResult
+from bridges.call.transcript import TranscriptManager
+from bridges.call.vad import VadKind, VadManager
 from bridges.model import events
 from bridges.model.events import response_summary, server_error, transcription_usage
 from bridges.model.refusals import scrub
-from bridges.transcript import TranscriptManager
-from bridges.vad import VadKind, VadManager
 from sessions.state import SessionState
 from sessions.usage import ModelUsage
 
 if TYPE_CHECKING:
+    from bridges.call.runtime import BridgeRuntime
     from bridges.model import RealtimeClient
-    from bridges.runtime import BridgeRuntime
 
 log = logging.getLogger(__name__)
 Event = dict[str, Any]

@@ -17,9 +17,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from twilio.request_validator import RequestValidator
 
 from bridges.audio import MULAW_SILENCE, MediaFormat, media_format_from_twilio
-from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
+from bridges.call.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
+from bridges.call.runtime import BridgeRuntime
 from bridges.errors import InstanceFull, ModelRefused, ProtocolError, UnsupportedMediaFormat
-from bridges.peer import (
+from bridges.telephony.peer import (
     CLOSE_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -29,7 +30,6 @@ from bridges.peer import (
     encode_audio,
     validate,
 )
-from bridges.runtime import BridgeRuntime
 from sessions.errors import InvalidConversationId, RetryableError, SessionLimitReached
 from sessions.keys import check_conversation_id
 from sessions.settings import Settings

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridges.audio import MediaFormat, negotiate
-from bridges.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
+from bridges.call.base import DTMF_DIGITS, BaseBridge, Playback, ResumeRefused
+from bridges.call.runtime import BridgeRuntime
 from bridges.errors import (
     InstanceFull,
     ModelRefused,
@@ -17,8 +18,14 @@ from bridges.errors import (
     ProtocolError,
     UnsupportedMediaFormat,
 )
-from bridges.peer import CLOSE_NORMAL, Incoming, Peer, decode_audio, encode_audio, validate
-from bridges.runtime import BridgeRuntime
+from bridges.telephony.peer import (
+    CLOSE_NORMAL,
+    Incoming,
+    Peer,
+    decode_audio,
+    encode_audio,
+    validate,
+)
 from sessions.errors import InvalidConversationId, SessionLimitReached
 from sessions.keys import check_conversation_id
 

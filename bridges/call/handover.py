@@ -23,8 +23,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from bridges.metrics import BridgeMetrics
-from bridges.persister import SessionPersister
+from bridges.call.metrics import BridgeMetrics
+from bridges.persist.persister import SessionPersister
 from sessions.codec import Snapshot
 from sessions.errors import RetryableError
 from sessions.state import SessionState, SessionStatus

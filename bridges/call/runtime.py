@@ -6,15 +6,15 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from bridges.control import ControlListener
-from bridges.functions import FunctionRegistry, default_registry
-from bridges.handover import Handover
-from bridges.metrics import BridgeMetrics
+from bridges.call.control import ControlListener
+from bridges.call.functions import FunctionRegistry, default_registry
+from bridges.call.handover import Handover
+from bridges.call.metrics import BridgeMetrics
 from bridges.model import RealtimeConfig
-from bridges.persistence import Persistence, build_persistence, ping_broker
-from bridges.persister import SessionPersister
+from bridges.persist.persistence import Persistence, build_persistence, ping_broker
+from bridges.persist.persister import SessionPersister
 from sessions.control import LOCAL, CallControl, RedisCallControl
 from sessions.factory import build_storage
 from sessions.memory import MemorySessionStorage
@@ -22,10 +22,20 @@ from sessions.redis_async import RedisSessionStorage
 from sessions.redis_ops import redact_url
 from sessions.service import SessionManagerService
 from sessions.settings import Settings
+from sessions.state import SessionState
 from sessions.storage import EndOutcome, SessionStorage
 
-if TYPE_CHECKING:
-    from bridges.base import BaseBridge
+
+class LiveCall(Protocol):
+    """What the runtime knows of a call it serves (a `BaseBridge`; this module imports none)."""
+
+    closed: bool
+
+    @property
+    def state(self) -> SessionState | None: ...
+    async def hang_up(self, reason: str) -> None: ...
+    async def detach(self) -> None: ...
+
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 2.0
@@ -44,7 +54,7 @@ class BridgeRuntime:
     metrics: BridgeMetrics = field(default_factory=BridgeMetrics)
     instance_id: str = field(default_factory=lambda: f"bridge-{uuid.uuid4().hex[:8]}")
     realtime_url: str | None = None
-    calls: dict[str, BaseBridge] = field(default_factory=dict)
+    calls: dict[str, LiveCall] = field(default_factory=dict)
     started: bool = False
     control: CallControl = LOCAL
     _lag_watch: asyncio.Task[None] | None = None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from celery import Celery
 
 import celeryconfig
-from bridges.persister import CloseReport, SessionPersister
+from bridges.persist.persister import CloseReport, SessionPersister
 from sessions.factory import build_sink
 from sessions.memory import MemorySessionStorage
 from sessions.settings import Settings

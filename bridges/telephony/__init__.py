@@ -1,0 +1,1 @@
+"""The telephony side: bounded, parsed peer messages, and the AudioCodes and Twilio bridges."""
