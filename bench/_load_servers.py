@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from websockets.asyncio.server import serve
 
+import bridges.audio
 import bridges.call.turns
 import bridges.server
 import bridges.sim.server
@@ -111,8 +112,12 @@ class NoPersister(SessionPersister):
         state.end(reason)
 
 
-def serve_bridge(port: int, realtime_url: str, persistence: str, deflate: bool) -> None:
-    settings = load_settings()
+def serve_bridge(
+    port: int, realtime_url: str, persistence: str, deflate: bool, transcode: bool = False
+) -> None:
+    settings = load_settings(websocket_deflate=deflate)
+    if transcode:  # the path µ-law callers took before passthrough: PCM16 24 kHz to the model
+        bridges.audio.MODEL_FORMAT_FOR["raw/mulaw"] = "audio/pcm"
     if persistence == "on":
         runtime = BridgeRuntime.build(settings, realtime_url=realtime_url)
     else:

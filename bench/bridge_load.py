@@ -42,7 +42,14 @@ from typing import Any
 import uvicorn
 from websockets.version import version as websockets_version
 
-from bridges.audio import MediaFormat, silence
+from bridges.audio import (
+    AudioConverter,
+    MediaFormat,
+    from_base64,
+    model_format_for,
+    silence,
+    to_base64,
+)
 from bridges.sim.speech import speech_frames
 from bridges.sim.telephony import AudioCodesClient
 from sessions.settings import Settings
@@ -60,6 +67,16 @@ except ImportError:
 LOOP = None if uvloop is None else uvloop.new_event_loop
 
 FORMAT: MediaFormat = "raw/lpcm16"
+# The formats compared at N=FORMAT_CALLS: every telephony format, and µ-law through the
+# transcoding path (PCM16 24 kHz to and from the model) it took before passthrough.
+FORMATS_COMPARED = (
+    "raw/mulaw",
+    "raw/mulaw~transcode",
+    "raw/lpcm16_24",
+    "raw/lpcm16",
+    "raw/lpcm16_8",
+)
+FORMAT_CALLS = 100
 GREETING_MS = 600
 RAMP_S, WARMUP_S = 1.0, 2.0
 LIMIT_MS = 20.0
@@ -80,6 +97,7 @@ from bench._load_servers import (  # noqa: E402
 @dataclass
 class Plan:
     base_url: str
+    media: MediaFormat
     window: tuple[float, float]
     stop_at: float
     lags_ms: list[float] = field(default_factory=list)
@@ -87,14 +105,14 @@ class Plan:
     failures: list[str] = field(default_factory=list)
 
 
-def caller_frames(rng: random.Random) -> Iterator[bytes]:
+def caller_frames(rng: random.Random, media: MediaFormat) -> Iterator[bytes]:
     """Silence through the greeting, then utterances of 3-8 digits (never starting with 9,
     which would be a function call), each followed by silence long enough for the answer."""
-    quiet = silence(FORMAT, FRAME_MS)
+    quiet = silence(media, FRAME_MS)
     yield from [quiet] * (GREETING_MS // FRAME_MS)
     while True:
         digits = str(rng.randint(1, 8)) + "".join(rng.choices("0123456789", k=rng.randint(2, 7)))
-        yield from speech_frames(digits, FORMAT, FRAME_MS)
+        yield from speech_frames(digits, media, FRAME_MS)
         yield from [quiet] * ((len(digits) * 60 + 400) // FRAME_MS)
 
 
@@ -106,7 +124,7 @@ async def call(plan: Plan, cid: str, start_at: float, rng: random.Random) -> Non
     client = AudioCodesClient(plan.base_url, cid, os.environ.get("AUDIOCODES_BOT_TOKEN"))
     try:
         await client.connect()
-        accepted = await client.initiate()
+        accepted = await client.initiate([plan.media])
         if accepted["type"] != "session.accepted":
             raise RuntimeError(f"{cid}: {accepted.get('reason')}")
         await client.send("userStream.start")
@@ -114,7 +132,7 @@ async def call(plan: Plan, cid: str, start_at: float, rng: random.Random) -> Non
         plan.streaming += 1
         head = f'{{"type":"userStream.chunk","conversationId":"{cid}","audioChunk":"'
         due = time.perf_counter() + rng.random() * FRAME_MS / 1000  # calls' phases spread
-        for frame in caller_frames(rng):
+        for frame in caller_frames(rng, plan.media):
             if due >= plan.stop_at:
                 break
             if (delay := due - time.perf_counter()) > 0:
@@ -142,10 +160,12 @@ def http_get(url: str) -> Any:
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds used by a process, or by the whole machine for pid 0."""
-    if pid == 0:
+    """CPU seconds used by a process; by the whole machine for pid 0; stolen by the
+    hypervisor from this machine's CPUs for pid -1."""
+    if pid <= 0:
         ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        used = ticks[7] if pid else sum(ticks) - ticks[3] - ticks[4]
+        return used / os.sysconf("SC_CLK_TCK")
     if psutil is not None:
         times = psutil.Process(pid).cpu_times()
         return float(times.user + times.system)
@@ -157,27 +177,42 @@ def cpu_s(pid: int) -> float:
 class Row:
     calls: int
     persistence: str
+    media: str
     load1: float
     streaming: int
     ms: dict[str, Summary]
     cpu_pct: dict[str, float]
     persister: dict[str, Any]
     failures: list[str]
+    bridge_cpu_us_per_frame: float | None = None
 
     def ok(self, prefix: str = "") -> bool:
         p99s = [self.ms[prefix + d]["p99"] for d in DIRECTIONS]
         return not self.failures and all(p is not None and p <= LIMIT_MS for p in p99s)
 
 
-async def drive(n: int, mode: str, port: int, seconds: float, pids: dict[str, int],
-                seed: int) -> Row:  # fmt: skip
+async def drive(
+    n: int,
+    mode: str,
+    port: int,
+    seconds: float,
+    pids: dict[str, int],
+    seed: int,
+    media: str = FORMAT,
+) -> Row:
     http = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter() + 0.2
     start = t0 + RAMP_S + WARMUP_S
-    plan = Plan(f"ws://127.0.0.1:{port}", (start, start + seconds), start + seconds + 0.5)
+    caller_format: MediaFormat = media.split("~")[0]  # type: ignore[assignment]
+    window_s = (start, start + seconds)
+    plan = Plan(f"ws://127.0.0.1:{port}", caller_format, window_s, start + seconds + 0.5)
     load1 = os.getloadavg()[0]
-    tasks = [asyncio.create_task(call(plan, f"load-{mode}-{n}-{i:04d}", t0 + RAMP_S * i / n,
-                                      random.Random(seed + i))) for i in range(n)]  # fmt: skip
+    tasks = [
+        asyncio.create_task(
+            call(plan, f"load-{mode}-{n}-{i:04d}", t0 + RAMP_S * i / n, random.Random(seed + i))
+        )
+        for i in range(n)
+    ]
 
     async def snapshot(action: str) -> tuple[Any, dict[str, float]]:
         cpu = {name: cpu_s(pid) for name, pid in pids.items()} | {"wall": time.monotonic()}
@@ -193,9 +228,21 @@ async def drive(n: int, mode: str, port: int, seconds: float, pids: dict[str, in
     wall = cpu_after.pop("wall") - cpu_before.pop("wall")
     cpu = {k: round(100 * (cpu_after[k] - cpu_before[k]) / wall, 1) for k in cpu_after}
     keys = ("snapshots_sent", "publish_failures", "backlog", "dropped")
-    return Row(n, mode, load1, streaming, window | {"client_lag": summary(plan.lags_ms)},
-               cpu, {k: stats["persister"][k] for k in keys},
-               plan.failures[:5])  # fmt: skip
+    frames = sum(int(window[d]["count"] or 0) for d in DIRECTIONS)
+    bridge_s = cpu_after["bridge"] - cpu_before["bridge"]
+    per_frame = round(bridge_s / frames * 1e6, 1) if frames else None
+    return Row(
+        n,
+        mode,
+        media,
+        load1,
+        streaming,
+        window | {"client_lag": summary(plan.lags_ms)},
+        cpu,
+        {k: stats["persister"][k] for k in keys},
+        plan.failures[:5],
+        per_frame,
+    )
 
 
 @contextmanager
@@ -221,7 +268,14 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     raise RuntimeError(f"nothing listens on {port}:\n{log_path.read_text()[-3000:]}")
 
 
-def run_one(n: int, mode: str, args: argparse.Namespace, env: dict[str, str], logs: Path) -> Row:
+def run_one(
+    n: int,
+    mode: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    media: str = FORMAT,
+) -> Row:
     me = [sys.executable, "-m", "bench.bridge_load"]
     sim_port, bridge_port = free_port(), free_port()
     with ExitStack() as stack:
@@ -229,25 +283,54 @@ def run_one(n: int, mode: str, args: argparse.Namespace, env: dict[str, str], lo
         cmd = [*me, "--serve-simulator", str(sim_port), "--deflate", args.deflate]
         sim = stack.enter_context(spawn(cmd, env, log))
         wait_port(sim_port, sim, log)
-        pids = {"sim": sim.pid, "client": os.getpid(), "host": 0}
+        pids = {"sim": sim.pid, "client": os.getpid(), "host": 0, "steal": -1}
         if mode == "on":
             name, log = f"bench-load-{uuid.uuid4().hex[:8]}@localhost", logs / f"worker-{n}.log"
-            cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", name,
-                   "-Q", WORKER_QUEUES, "--pool", "threads", "-c", "4", "--loglevel", "WARNING",
-                   "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-n",
+                name,
+                "-Q",
+                WORKER_QUEUES,
+                "--pool",
+                "threads",
+                "-c",
+                "4",
+                "--loglevel",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
             pids["worker"] = (worker := stack.enter_context(spawn(cmd, env, log))).pid
             app = broker_app(Settings(**env))  # type: ignore[arg-type]
             wait_for_ping(app, name, worker, log)
             app.close()
         log, url = logs / f"bridge-{mode}-{n}.log", f"ws://127.0.0.1:{sim_port}/v1/realtime"
-        cmd = [*me, "--serve-bridge", str(bridge_port), "--realtime-url", url,
-               "--persistence", mode, "--deflate", args.deflate]  # fmt: skip
+        cmd = [
+            *me,
+            "--serve-bridge",
+            str(bridge_port),
+            "--realtime-url",
+            url,
+            "--persistence",
+            mode,
+            "--deflate",
+            args.deflate,
+        ]
+        if media.endswith("~transcode"):
+            cmd.append("--transcode")
         pids["bridge"] = (bridge := stack.enter_context(spawn(cmd, env, log))).pid
         if args.pin:
             os.sched_setaffinity(bridge.pid, {0})  # alone there; the rest stays on CPU 1
         wait_port(bridge_port, bridge, log)
         with asyncio.Runner(loop_factory=LOOP) as runner:
-            return runner.run(drive(n, mode, bridge_port, args.seconds, pids, args.seed))
+            return runner.run(drive(n, mode, bridge_port, args.seconds, pids, args.seed, media))
 
 
 def conditions(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
@@ -279,7 +362,8 @@ def conditions(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
         "redis-server on CPU 1"
         if args.pin
         else "none (every process on every CPU)",
-        "cpu": f"% of one CPU per process (host: whole machine), user+sys over the window "
+        "cpu": f"% of one CPU per process (host: whole machine; steal: what the hypervisor "
+        "took from this machine's CPUs), user+sys over the window "
         f"({'psutil' if psutil else '/proc'})",
     }
 
@@ -307,23 +391,60 @@ def verdict(rows: list[Row]) -> dict[str, Any]:
 def print_report(cond: dict[str, Any], rows: list[Row], result: dict[str, Any]) -> None:
     for key, value in cond.items():
         print(f"{key:>17}: {value}")
-    line = "{:>4} {:>4} {:>9} {:>6} |{:>6}{:>6}{:>6} |{:>7}{:>7}{:>7} |{:>7}{:>6}{:>5} " \
-           "{:>7}{:>5}{:>5}{:>5}{:>5} {:>6} {:>7}"  # fmt: skip
-    print("\n" + line.format("N", "pers", "direction", "frames", "relay", "p99", "max", "send",
-                             "p99", "max", "lag99", "load", "live", "bridge", "sim", "cli",
-                             "wrk", "host", "clag99", "ok"))  # fmt: skip
-    print(line.format(*[""] * 4, "p50", "", "", "p50", *[""] * 5, *["cpu%"] * 5, "",
-                      "rel/snd"))  # fmt: skip
+    line = (
+        "{:>4} {:>4} {:>9} {:>6} |{:>6}{:>6}{:>6} |{:>7}{:>7}{:>7} |{:>7}{:>6}{:>5} "
+        "{:>7}{:>5}{:>5}{:>5}{:>5} {:>6} {:>7}"
+    )
+    print(
+        "\n"
+        + line.format(
+            "N",
+            "pers",
+            "direction",
+            "frames",
+            "relay",
+            "p99",
+            "max",
+            "send",
+            "p99",
+            "max",
+            "lag99",
+            "load",
+            "live",
+            "bridge",
+            "sim",
+            "cli",
+            "wrk",
+            "host",
+            "clag99",
+            "ok",
+        )
+    )
+    print(line.format(*[""] * 4, "p50", "", "", "p50", *[""] * 5, *["cpu%"] * 5, "", "rel/snd"))
     for r in rows:
         ok = "/".join("yes" if r.ok(p) else "NO" for p in ("", "sent_"))
         cpu = [fmt(r.cpu_pct.get(k), 0) for k in ("bridge", "sim", "client", "worker", "host")]
         for d in DIRECTIONS:
             m, s = r.ms[d], r.ms["sent_" + d]
             sent = [fmt(s[k], 1) for k in ("p50", "p99", "max")]
-            print(line.format(r.calls, r.persistence, d, m["count"], fmt(m["p50"]), fmt(m["p99"]),
-                              fmt(m["max"], 1), *sent,
-                              fmt(r.ms["loop_lag"]["p99"], 1), fmt(r.load1), r.streaming, *cpu,
-                              fmt(r.ms["client_lag"]["p99"], 1), ok))  # fmt: skip
+            print(
+                line.format(
+                    r.calls,
+                    r.persistence,
+                    d,
+                    m["count"],
+                    fmt(m["p50"]),
+                    fmt(m["p99"]),
+                    fmt(m["max"], 1),
+                    *sent,
+                    fmt(r.ms["loop_lag"]["p99"], 1),
+                    fmt(r.load1),
+                    r.streaming,
+                    *cpu,
+                    fmt(r.ms["client_lag"]["p99"], 1),
+                    ok,
+                )
+            )
         for failure in r.failures:
             print(f"      failure: {failure}")
         if r.persistence == "on":
@@ -344,21 +465,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379"
     )
-    parser.add_argument("--deflate", choices=("on", "off"), default="on",
-                        help="permessage-deflate on both WebSocket legs of the bridge "
-                        "(on: what the servers negotiate by default)")  # fmt: skip
-    parser.add_argument("--pin", action="store_true",
-                        help="bridge alone on CPU 0, the rest (and a private redis-server) on "
-                        "CPU 1: the bridge's own cost without host contention")  # fmt: skip
+    parser.add_argument(
+        "--deflate",
+        choices=("on", "off"),
+        default="off",
+        help="permessage-deflate on both WebSocket legs of the bridge "
+        "(off: the bridge's default, WEBSOCKET_DEFLATE=false)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="bridge alone on CPU 0, the rest (and a private redis-server) on "
+        "CPU 1: the bridge's own cost without host contention",
+    )
     parser.add_argument("--seed", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="N 25,100; 8 s")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-bridge", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-simulator", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--realtime-url", help=argparse.SUPPRESS)
+    parser.add_argument("--transcode", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--format-calls",
+        type=int,
+        default=FORMAT_CALLS,
+        help=f"N of the per-format runs (default {FORMAT_CALLS})",
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(FORMATS_COMPARED),
+        help=f"formats compared at N={FORMAT_CALLS}, persistence off "
+        "('' to skip; '~transcode': µ-law through PCM16 24 kHz, the path it "
+        "took before passthrough)",
+    )
     args = parser.parse_args(argv)
     if args.serve_bridge:
-        serve_bridge(args.serve_bridge, args.realtime_url, args.persistence, args.deflate == "on")
+        serve_bridge(
+            args.serve_bridge,
+            args.realtime_url,
+            args.persistence,
+            args.deflate == "on",
+            args.transcode,
+        )
         return 0
     if args.serve_simulator:
         with asyncio.Runner(loop_factory=LOOP) as runner:
@@ -374,29 +522,135 @@ def main(argv: list[str] | None = None) -> int:
             args.redis_url = stack.enter_context(throwaway_redis())
         cond = conditions(args, prefix)
         rows = run_all(args, calls, modes, prefix)
-    result = verdict(rows)
+        per_format = run_formats(args, [f for f in args.formats.split(",") if f])
+    result = verdict(rows) | format_verdict(per_format)
     if args.json:
-        doc = {"conditions": cond, "rows": [asdict(r) for r in rows], "result": result}
+        doc = {
+            "conditions": cond,
+            "rows": [asdict(r) for r in rows],
+            "formats": [asdict(r) for r in per_format],
+            "result": result,
+        }
         print(json.dumps(doc, indent=2))
     else:
         print_report(cond, rows, result)
+        print_formats(per_format, result)
     return 0
+
+
+def run_formats(args: argparse.Namespace, formats: list[str]) -> list[Row]:
+    """N=FORMAT_CALLS calls in each format, persistence off: the audio path's own cost."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        env = {
+            "ARCHIVE_DIR": str(Path(tmp) / "archive"),
+            "ARCHIVE_URL": "",
+            "VAD_MODE": "server",
+            "SESSION_STORAGE_TYPE": "memory",
+        }
+        for media in formats:
+            print(
+                f"N={args.format_calls} {media}: load avg {os.getloadavg()[0]:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
+            rows.append(run_one(args.format_calls, "off", args, env, Path(tmp), media))
+    return rows
+
+
+CODEC_FRAMES = 20_000
+
+
+def codec_us_per_frame(media: str) -> float:
+    """CPU µs the audio path of one 20 ms frame each way costs in `media` (conversion and
+    base64, as the bridge does them), measured here in a tight loop."""
+    telephony: MediaFormat = media.split("~")[0]  # type: ignore[assignment]
+    model_format = "audio/pcm" if media.endswith("~transcode") else model_format_for(telephony)
+    converter = AudioConverter(telephony, model_format)
+    frame = speech_frames("4", telephony, FRAME_MS)[0]
+    delta = to_base64(
+        speech_frames(
+            "4", "raw/mulaw" if model_format == "audio/pcmu" else "raw/lpcm16_24", FRAME_MS
+        )[0]
+    )
+    started = time.process_time()
+    for _ in range(CODEC_FRAMES):
+        to_base64(converter.to_model(frame))
+        to_base64(converter.from_model(from_base64(delta)))
+    return round((time.process_time() - started) / CODEC_FRAMES * 1e6, 2)
+
+
+def format_verdict(rows: list[Row]) -> dict[str, Any]:
+    by = {r.media: r for r in rows}
+    out: dict[str, Any] = {f"cpu us/frame {m}": r.bridge_cpu_us_per_frame for m, r in by.items()}
+    codec = {m: codec_us_per_frame(m) for m in by}
+    out |= {f"audio path us/frame {m}": us for m, us in codec.items()}
+    if codec.get("raw/mulaw") and codec.get("raw/mulaw~transcode"):
+        out["mulaw audio path, passthrough / transcoding"] = round(
+            codec["raw/mulaw"] / codec["raw/mulaw~transcode"], 3
+        )
+    now, before = by.get("raw/mulaw"), by.get("raw/mulaw~transcode")
+    if now and before and now.bridge_cpu_us_per_frame and before.bridge_cpu_us_per_frame:
+        out["mulaw cpu per frame, passthrough / transcoding"] = round(
+            now.bridge_cpu_us_per_frame / before.bridge_cpu_us_per_frame, 3
+        )
+    for media, row in by.items():
+        for direction in DIRECTIONS:
+            out[f"N={row.calls} {media} relay {direction} p99 ms"] = row.ms[direction]["p99"]
+    return out
+
+
+def print_formats(rows: list[Row], result: dict[str, Any]) -> None:
+    if not rows:
+        return
+    print(
+        f"\nper telephony format, N={rows[0].calls}, persistence off (bridge CPU per relayed "
+        "frame, both directions; the audio path alone: conversion + base64, one frame each "
+        "way, tight loop; relay p99):"
+    )
+    for r in rows:
+        print(
+            f"  {r.media:<22} {fmt(r.bridge_cpu_us_per_frame, 1):>7} us/frame   audio path "
+            f"{fmt(result.get(f'audio path us/frame {r.media}'), 1):>6} us   relay p99 "
+            f"{fmt(r.ms['to_model']['p99'])} / {fmt(r.ms['to_caller']['p99'])} ms   "
+            f"bridge cpu {fmt(r.cpu_pct.get('bridge'), 0)}%   steal "
+            f"{fmt(r.cpu_pct.get('steal'), 0)}%   failures {len(r.failures)}"
+        )
+    for key in (
+        "mulaw audio path, passthrough / transcoding",
+        "mulaw cpu per frame, passthrough / transcoding",
+    ):
+        if key in result:
+            print(f"  {key}: {result[key]}")
 
 
 def run_all(args: argparse.Namespace, calls: str, modes: list[str], prefix: str) -> list[Row]:
     rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-            common = {"ARCHIVE_DIR": str(Path(tmp) / "archive"), "ARCHIVE_URL": "",
-                      "VAD_MODE": "server"}  # fmt: skip
-            envs = {"off": common | {"SESSION_STORAGE_TYPE": "memory"},
-                    "on": common | {"SESSION_STORAGE_TYPE": "redis", "REDIS_URL": args.redis_url,
-                                    "CELERY_BROKER_URL": args.redis_url, "SESSION_PREFIX": prefix,
-                                    "CELERY_KEY_PREFIX": prefix}}  # fmt: skip
+            common = {
+                "ARCHIVE_DIR": str(Path(tmp) / "archive"),
+                "ARCHIVE_URL": "",
+                "VAD_MODE": "server",
+            }
+            envs = {
+                "off": common | {"SESSION_STORAGE_TYPE": "memory"},
+                "on": common
+                | {
+                    "SESSION_STORAGE_TYPE": "redis",
+                    "REDIS_URL": args.redis_url,
+                    "CELERY_BROKER_URL": args.redis_url,
+                    "SESSION_PREFIX": prefix,
+                    "CELERY_KEY_PREFIX": prefix,
+                },
+            }
             for n in (int(x) for x in calls.split(",")):
                 for mode in modes:
-                    print(f"N={n} persistence {mode}: load avg {os.getloadavg()[0]:.2f}",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(
+                        f"N={n} persistence {mode}: load avg {os.getloadavg()[0]:.2f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     rows.append(run_one(n, mode, args, envs[mode], Path(tmp)))
     finally:
         if "on" in modes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import binascii
 import sys
 import warnings
 from collections.abc import Sequence
@@ -75,6 +76,16 @@ def encoding_of(fmt: str) -> Encoding:
         return ENCODINGS[fmt]
     except KeyError:
         raise ValueError(f"unknown audio format {fmt!r}") from None
+
+
+def to_base64(chunk: bytes) -> str:
+    """Audio as base64 text (the C codec, no line break)."""
+    return binascii.b2a_base64(chunk, newline=False).decode("ascii")
+
+
+def from_base64(text: str) -> bytes:
+    """Base64 text as audio, strictly (ValueError, or binascii.Error, when it is not base64)."""
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def model_format_for(media_format: MediaFormat) -> ModelAudioFormat:

@@ -40,6 +40,7 @@ async def hosted_bridge(
         port=port,
         log_level="warning",
         ws_max_size=2 * runtime.settings.max_frame_bytes,  # past this uvicorn closes (1009)
+        ws_per_message_deflate=runtime.settings.websocket_deflate,
         lifespan="on",
     )
     server = uvicorn.Server(config)

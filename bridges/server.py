@@ -166,6 +166,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         host=host,
         port=port if port is not None else settings.bridge_port,
         ws_max_size=2 * settings.max_frame_bytes,  # past this uvicorn closes (1009)
+        ws_per_message_deflate=settings.websocket_deflate,
         log_level="info",
         timeout_graceful_shutdown=int(SHUTDOWN_DRAIN_S) + 5,
     )

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(
         default=64 * 1024, ge=1024, le=16 * 1024 * 1024, validation_alias="MAX_FRAME_BYTES"
     )
+    # permessage-deflate on both legs: costs CPU and relay latency on base64 audio
+    websocket_deflate: bool = Field(default=False, validation_alias="WEBSOCKET_DEFLATE")
 
     # the realtime model (OpenAI Realtime GA protocol, on OpenAI or Azure OpenAI)
     model_provider: Literal["openai", "azure"] = Field(
@@ -127,6 +129,9 @@ class Settings(BaseSettings):
         max_length=200,
         validation_alias="OPENAI_TRANSCRIPTION_MODEL",
     )
+    model_session_max_s: float | None = Field(
+        default=None, gt=0, le=86_400, validation_alias="MODEL_SESSION_MAX_S"
+    )
     model_noise_reduction: Literal["near_field", "far_field", "off"] = Field(
         default="near_field", validation_alias="MODEL_NOISE_REDUCTION"
     )
@@ -157,6 +162,7 @@ class Settings(BaseSettings):
         "azure_openai_endpoint",
         "azure_openai_deployment",
         "openai_transcription_model",
+        "model_session_max_s",
         mode="before",
     )
     @classmethod

@@ -71,3 +71,4 @@ class ModelInfo(BaseModel):
     output_format: str
     transcription_model: str | None = None
     sessions: int = Field(default=1, ge=0, description="model sessions opened for the call")
+    rollovers: int = Field(default=0, ge=0, description="moves to a new session before the cap")

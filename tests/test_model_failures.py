@@ -152,8 +152,10 @@ async def test_unknown_server_events_are_ignored_and_the_call_goes_on(
     assert "response.future_feature" in caplog.text and sim.violations() == []
 
 
-async def test_a_call_outlives_its_model_sessions_at_the_cap(tmp_path: Path) -> None:
-    async with RealtimeSimulator(max_session_s=0.5) as sim:
+async def test_a_call_outlives_a_model_session_the_server_closes_by_surprise(
+    tmp_path: Path,
+) -> None:
+    async with RealtimeSimulator(max_session_s=0.5, announced_session_s=3600) as sim:
         bridge = runtime(sim, tmp_path)
         async with hosted_bridge(bridge) as url:
             caller = await greeted(url, "capped")

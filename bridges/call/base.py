@@ -14,13 +14,13 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from bridges.audio import AudioConverter, MediaFormat, model_format_for
+from bridges.call.rollover import Rollover
 from bridges.call.runtime import BridgeRuntime
 from bridges.call.transcript import TranscriptManager
-from bridges.call.turns import ModelTurns, Playback
+from bridges.call.turns import CALLER_ONLY_EVENTS, ModelTurns, Playback
 from bridges.call.vad import VadManager
 from bridges.errors import InstanceFull, ModelRefused, ModelUnavailable, ProtocolError
 from bridges.model import RealtimeClient, history_items
-from bridges.model.events import AUDIO_DELTA
 from sessions.errors import RetryableError, SessionExists, SessionLimitReached
 from sessions.service import RESUME_REFUSALS
 from sessions.state import SessionState, SessionStatus
@@ -28,9 +28,6 @@ from sessions.usage import ModelInfo
 
 log = logging.getLogger(__name__)
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
-# Model events whose handlers only talk to the caller and never wait on the model: the
-# realtime client's reader may run them itself (no queue hop on the bot-audio path).
-CALLER_ONLY_EVENTS = frozenset({AUDIO_DELTA})
 
 __all__ = ["CALLER_ONLY_EVENTS", "DTMF_DIGITS", "BaseBridge", "Playback", "ResumeRefused"]
 
@@ -210,6 +207,8 @@ class BaseBridge(ModelTurns, ABC):
         if state is None or self.closed:
             return
         self.closed = True
+        if self.rollover is not None:
+            await self.rollover.stop()
         if self.model is not None:
             await self.model.close()
         if state.status is not SessionStatus.ENDED:
@@ -257,6 +256,8 @@ class BaseBridge(ModelTurns, ABC):
         )
         await model.connect()
         self.state, self.model, self.vad = state, model, vad
+        self.rollover = Rollover(self)
+        self.rollover.start()
         self.converter = AudioConverter(media_format, model_format)
         self.transcript = TranscriptManager(state, self.runtime.persister.save)
         self.calls_answered = {str(c["call_id"]) for c in state.function_calls if c.get("call_id")}
@@ -301,5 +302,7 @@ class BaseBridge(ModelTurns, ABC):
         if cid is not None and self.runtime.calls.get(cid) is self:
             del self.runtime.calls[cid]
             self.runtime.persister.forget(cid, stored=False)
+        if self.rollover is not None:
+            await self.rollover.stop()
         if self.model is not None:
             await self.model.close()

@@ -8,7 +8,6 @@ the model's errors. Server event types it has no handler for are logged at debug
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -18,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bridges.audio import AudioConverter, bytes_per_second
+from bridges.audio import AudioConverter, bytes_per_second, from_base64
 from bridges.call.functions import FunctionResult
 from bridges.call.transcript import TranscriptManager
 from bridges.call.vad import VadKind, VadManager
@@ -29,6 +28,7 @@ from sessions.state import SessionState
 from sessions.usage import ModelUsage
 
 if TYPE_CHECKING:
+    from bridges.call.rollover import Rollover
     from bridges.call.runtime import BridgeRuntime
     from bridges.model import RealtimeClient
 
@@ -62,7 +62,9 @@ class ModelTurns:
         self.response_active = False  # a response is in progress on the model
         self.response_requested = False  # a response.create is sent, not yet created
         self.response_wanted = False  # a response.create waits for the current one to end
+        self.turn_open = False  # the caller spoke and no response has begun for it yet
         self.text_only_noted = False
+        self.rollover: Rollover | None = None
 
     # hooks the telephony side implements (see BaseBridge)
     @abstractmethod
@@ -90,6 +92,19 @@ class ModelTurns:
                 log.debug("ignoring model event %.80r: no handler (new or not needed)", kind)
             return
         await handler(self, event, received_s)
+        if self.rollover is not None and kind != events.AUDIO_DELTA:
+            self.rollover.boundary.set()  # the rollover, if it waits, looks again
+
+    def at_boundary(self) -> bool:
+        """A turn boundary: no response in progress or asked for, no turn waiting, no audio."""
+        busy = self.response_active or self.response_requested or self.response_wanted
+        return not (busy or self.turn_open or self.playback is not None)
+
+    def history_marker(self) -> tuple[int, int]:
+        """Changes whenever the history does (it only grows)."""
+        if self.state is None:
+            return (0, 0)
+        return (len(self.state.conversation_history), len(self.state.function_calls))
 
     async def request_response(self) -> None:
         """Ask the model to respond, or once the response in progress is done."""
@@ -143,10 +158,22 @@ class ModelTurns:
             self.state.error_count += 1
             self.runtime.persister.save(self.state)
 
+    async def _on_rolled_over(self, event: Event, _: float) -> None:
+        self.runtime.metrics.count("model_rollovers")
+        state = self.state
+        if state is not None and state.realtime is not None:
+            rollovers = state.realtime.rollovers + 1
+            state.realtime = state.realtime.model_copy(update={"rollovers": rollovers})
+            self.runtime.persister.save(state)
+        log.info("call %s: model session rolled over from %s to %s (%s items replayed)",
+                 state.conversation_id if state else None, event.get("previous"),
+                 event.get("session_id"), event.get("replayed"))  # fmt: skip
+
     async def _on_reconnected(self, event: Event, _: float) -> None:
         self.runtime.metrics.count("model_reconnects")
         self.playback = None
         self.response_active = self.response_requested = self.response_wanted = False
+        self.turn_open = False
         self.vad.reset()
 
     async def _on_failed(self, event: Event, _: float) -> None:
@@ -165,6 +192,7 @@ class ModelTurns:
     # -- the caller's side ------------------------------------------------------------------
 
     async def _on_speech_started(self, event: Event, _: float) -> None:
+        self.turn_open = True
         if self.playback is not None:
             await self._barge_in()
         await self.on_speech("started")
@@ -208,7 +236,7 @@ class ModelTurns:
     # -- the bot's side ----------------------------------------------------------------------
 
     async def _on_response_created(self, event: Event, _: float) -> None:
-        self.response_active, self.response_requested = True, False
+        self.response_active, self.response_requested, self.turn_open = True, False, False
         summary = response_summary(event)
         if self.state is not None:
             self.state.active_response_id = summary.id
@@ -219,7 +247,7 @@ class ModelTurns:
         if self.converter is None or self.closed:
             return
         try:
-            audio = base64.b64decode(str(event.get("delta", "")), validate=True)
+            audio = from_base64(str(event.get("delta", "")))
         except (binascii.Error, ValueError):
             self.runtime.metrics.count("errors")
             return
@@ -353,6 +381,7 @@ _HANDLERS: dict[str, Handler] = {
     events.OUTPUT_ITEM_DONE: ModelTurns._on_output_item_done,
     events.RESPONSE_DONE: ModelTurns._on_response_done,
     events.CLIENT_RECONNECTED: ModelTurns._on_reconnected,
+    events.CLIENT_ROLLED_OVER: ModelTurns._on_rolled_over,
     events.CLIENT_FAILED: ModelTurns._on_failed,
 }
 # GA events the bridge knows and has nothing to do for (not logged; any other type is).
@@ -372,3 +401,21 @@ IGNORED = frozenset(
         "conversation.item.created",
     }
 )
+# Events whose handlers only update the call and talk to the caller, never waiting on the
+# model: the realtime client's reader may run them itself. So the first bot audio of a
+# response, which follows `response.created` and the item and part events in one burst, makes
+# no hop through the dispatcher's queue either. (Barge-in, function calls and `response.done`,
+# which may send to the model, go through the queue.)
+CALLER_ONLY_EVENTS = IGNORED | {
+    events.AUDIO_DELTA,
+    events.AUDIO_DONE,
+    events.AUDIO_TRANSCRIPT_DONE,
+    events.TEXT_DONE,
+    events.RESPONSE_CREATED,
+    events.RATE_LIMITS_UPDATED,
+    events.SPEECH_STOPPED,
+    events.COMMITTED,
+    events.TRANSCRIPTION_COMPLETED,
+    events.TRANSCRIPTION_FAILED,
+    events.ITEM_DONE,
+}

@@ -16,22 +16,24 @@ or the model refuses the session (credentials, quota, a setting), it reports `cl
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from bridges.audio import to_base64
 from bridges.errors import ModelRefused, ModelUnavailable
 from bridges.model.config import RealtimeConfig, session_update_event
 from bridges.model.events import (
     CLIENT_FAILED,
     CLIENT_RECONNECTED,
+    CLIENT_ROLLED_OVER,
     ERROR,
     SESSION_CREATED,
     SESSION_UPDATED,
@@ -49,6 +51,30 @@ Event = dict[str, Any]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_BACKOFF_S = 5.0
+EXPIRY_MARGIN_S = 30.0  # roll over this long before the deadline the server announced,
+EXPIRY_MARGIN_FRACTION = 0.1  # or this part of the announced lifetime, if less
+
+
+@dataclass
+class OpenSession:
+    """A model session that is set up: its connection, set-up events and what it said."""
+
+    ws: ClientConnection
+    setup: list[Event]
+    info: SessionInfo
+    opened_s: float  # loop time
+    opened_wall_s: float  # epoch seconds
+    replayed: int = 0
+
+    def deadline_s(self, max_s: float) -> float:
+        """When (loop time) the session must be replaced: its age cap, or a margin before the
+        end the server announced (ignored when it is not in the future by this host's clock)."""
+        deadline = self.opened_s + max_s
+        lifetime_s = (self.info.expires_at or 0) - self.opened_wall_s
+        if lifetime_s > 0:
+            margin_s = min(EXPIRY_MARGIN_S, lifetime_s * EXPIRY_MARGIN_FRACTION)
+            deadline = min(deadline, self.opened_s + lifetime_s - margin_s)
+        return deadline
 
 
 class RealtimeClient:
@@ -74,6 +100,8 @@ class RealtimeClient:
         self.sessions_opened = 0
         self.dropped_audio_frames = 0
         self.reconnects = 0
+        self.rollovers = 0
+        self.session_deadline_s = float("inf")  # when the session must have rolled over (loop)
         self.event_received_s = 0.0  # when the event being handled arrived (perf_counter)
         self._on_event = on_event
         self._replay = replay
@@ -98,10 +126,8 @@ class RealtimeClient:
         ModelRefused when the model refuses it (naming the setting to fix), ModelUnavailable
         when it cannot be reached.
         """
-        self._ws, setup = await self._open()
+        self._adopt(await self._open())
         self._ready.set()
-        for event in setup:
-            self._deliver(event)
         self._tasks = [
             asyncio.create_task(self._read(), name="realtime-reader"),
             asyncio.create_task(self._dispatch(), name="realtime-dispatcher"),
@@ -123,14 +149,17 @@ class RealtimeClient:
     async def append_audio(self, audio: bytes) -> None:
         """Append audio in the input format; dropped (and counted) while reconnecting."""
         self._check_usable()
-        ws = self._ws
-        if ws is None or not self._ready.is_set():
+        if self._ws is None or not self._ready.is_set():
             self.dropped_audio_frames += 1
             return
-        payload = base64.b64encode(audio).decode("ascii")
+        message = '{"type":"input_audio_buffer.append","audio":"' + to_base64(audio) + '"}'
+
         try:
-            async with self._send_lock:
-                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": payload}))
+            async with self._send_lock:  # the session in use when the frame's turn comes
+                if self._ws is None:
+                    self.dropped_audio_frames += 1
+                    return
+                await self._ws.send(message)
         except ConnectionClosed:
             self.dropped_audio_frames += 1
 
@@ -178,12 +207,13 @@ class RealtimeClient:
 
     # -- opening a session ----------------------------------------------------------------
 
-    async def _open(self) -> tuple[ClientConnection, list[Event]]:
+    async def _open(self) -> OpenSession:
         """A new session, set up: its connection and the events of the set-up, in order."""
         ws = await self._handshake()
         try:
             async with asyncio.timeout(self.open_timeout_s):
-                return ws, await self._set_up(ws)
+                setup, info = await self._set_up(ws)
+                return OpenSession(ws, setup, info, asyncio.get_running_loop().time(), time.time())
         except (ConnectionClosed, TimeoutError) as exc:
             await ws.close()
             raise ModelUnavailable(
@@ -200,6 +230,7 @@ class RealtimeClient:
                 additional_headers=self.config.headers(),
                 open_timeout=self.open_timeout_s,
                 max_size=MAX_MESSAGE_BYTES,
+                compression="deflate" if self.config.deflate else None,
             )
         except InvalidStatus as exc:
             raise self._logged(refusal_for_status(exc.response.status_code, self.config)) from None
@@ -207,7 +238,7 @@ class RealtimeClient:
             where = self.config.describe()
             raise ModelUnavailable(f"cannot reach the realtime model ({where}): {exc}") from None
 
-    async def _set_up(self, ws: ClientConnection) -> list[Event]:
+    async def _set_up(self, ws: ClientConnection) -> tuple[list[Event], SessionInfo]:
         """Read `session.created`, send `session.update`, read up to its `session.updated`."""
         created = await self._next_event(ws)
         if created["type"] != SESSION_CREATED:
@@ -220,9 +251,16 @@ class RealtimeClient:
         setup = [created]
         while setup[-1]["type"] != SESSION_UPDATED:
             setup.append(await self._next_event(ws))
-        self.session_id, self.expires_at = info.id, info.expires_at
+        return setup, info
+
+    def _adopt(self, session: OpenSession) -> None:
+        """Make `session` the one in use, and tell the bridge of its set-up."""
+        self._ws = session.ws
+        self.session_id, self.expires_at = session.info.id, session.info.expires_at
         self.sessions_opened += 1
-        return setup
+        self.session_deadline_s = session.deadline_s(self.config.session_max_s)
+        for event in session.setup:
+            self._deliver(event)
 
     async def _next_event(self, ws: ClientConnection) -> Event:
         """The next server event of the set-up; an `error` refuses the session."""
@@ -257,7 +295,11 @@ class RealtimeClient:
                         await self._handle(event, received_s)
                     else:
                         self._deliver(event, received_s)
-            if self._closing or not await self._reconnect(ws):
+            if self._closing:
+                return
+            if ws is not self._ws and self._ws is not None:
+                continue  # rolled over: read the new session
+            if not await self._reconnect(ws):
                 return
 
     async def _refused(self, ws: ClientConnection, event: Event) -> bool:
@@ -280,8 +322,8 @@ class RealtimeClient:
             if attempt:
                 await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
             try:
-                ws, setup = await self._open()
-                replayed = await self._send_replay(ws)
+                session = await self._open()
+                replayed = await self._send_replay(session.ws)
             except ModelRefused as exc:
                 failure = exc
                 break
@@ -289,12 +331,11 @@ class RealtimeClient:
                 failure = exc if isinstance(exc, ModelUnavailable) else ModelUnavailable(str(exc))
                 continue
             if self._closing:
-                await ws.close()
+                await session.ws.close()
                 return False
-            self._ws, self.reconnects = ws, self.reconnects + 1
+            self.reconnects += 1
+            self._adopt(session)
             self._ready.set()
-            for event in setup:
-                self._deliver(event)
             reconnected = {"session_id": self.session_id, "replayed": replayed}
             self._deliver({"type": CLIENT_RECONNECTED, **reconnected})
             return True
@@ -304,6 +345,38 @@ class RealtimeClient:
             )
         self._fail(failure)
         return False
+
+    # -- rolling over to a new session before the cap ----------------------------------
+
+    async def prepare_rollover(self) -> OpenSession:
+        """A new session, set up and given the history, while the current one goes on."""
+        self._check_usable()
+        session = await self._open()
+        try:
+            session.replayed = await self._send_replay(session.ws)
+        except ConnectionClosed as exc:
+            await session.ws.close()
+            raise ModelUnavailable(f"the new realtime session closed: {exc}") from None
+        return session
+
+    async def roll_over(self, session: OpenSession) -> None:
+        """Switch to a prepared session (audio goes there from now on); close the old one."""
+        if self._closing or self._failure is not None:
+            await session.ws.close()
+            return
+        old, previous = self._ws, self.session_id
+        async with self._send_lock:
+            self._adopt(session)
+        self.rollovers += 1
+        self._deliver({"type": CLIENT_ROLLED_OVER, "session_id": self.session_id,
+                       "previous": previous, "replayed": session.replayed})  # fmt: skip
+        if old is not None:
+            await old.close()
+
+    @staticmethod
+    async def discard(session: OpenSession) -> None:
+        """Close a prepared session that will not be used."""
+        await session.ws.close()
 
     async def _send_replay(self, ws: ClientConnection) -> int:
         """Send the bridge's current history into a new session."""

@@ -20,6 +20,9 @@ WIRE_FORMATS: dict[ModelAudioFormat, dict[str, Any]] = {
     "audio/pcm": {"type": "audio/pcm", "rate": 24_000},
     "audio/pcmu": {"type": "audio/pcmu"},
 }
+# A model session's age before the call rolls over to a new one: below each provider's cap
+# (OpenAI 60 minutes, Azure 30), so that a turn boundary can be waited for.
+SESSION_MAX_S: dict[Provider, float] = {"openai": 55 * 60.0, "azure": 27 * 60.0}
 # The variables that configure each provider, for errors that name what to fix.
 SETTING_NAMES: dict[Provider, dict[str, str]] = {
     "openai": {
@@ -54,6 +57,8 @@ class RealtimeConfig(BaseModel):
     transcription_model: str | None = "gpt-4o-mini-transcribe"
     noise_reduction: NoiseReduction | None = "near_field"
     tools: list[dict[str, Any]] = Field(default_factory=list)
+    session_max_s: float = Field(default=3300.0, gt=0)  # roll over before this age
+    deflate: bool = False  # offer permessage-deflate
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RealtimeConfig:
@@ -65,6 +70,8 @@ class RealtimeConfig(BaseModel):
             "instructions": settings.bot_instructions,
             "transcription_model": settings.openai_transcription_model,
             "noise_reduction": None if noise == "off" else noise,
+            "session_max_s": settings.model_session_max_s or SESSION_MAX_S[settings.model_provider],
+            "deflate": settings.websocket_deflate,
         }
         base |= _azure(settings) if settings.model_provider == "azure" else _openai(settings)
         return cls(**(base | overrides))

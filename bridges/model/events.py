@@ -43,6 +43,7 @@ RATE_LIMITS_UPDATED = "rate_limits.updated"
 # Events the client itself reports to the bridge (never sent by the server).
 CLIENT_RECONNECTED = "client.reconnected"
 CLIENT_FAILED = "client.failed"
+CLIENT_ROLLED_OVER = "client.rolled_over"
 
 
 class _Lenient(BaseModel):

@@ -7,7 +7,8 @@ refuses the retired beta dialect as the real server does (an `error` with code
 sends only events that pass the same check. With `api_key` set it refuses a handshake
 without that key (HTTP 401); with `max_session_s` set it ends each session after that long
 as the real server does at its cap (60 minutes on OpenAI, 30 on Azure): an `error` with
-code `session_expired`, then the close.
+code `session_expired`, then the close. `session.created` announces that end in `expires_at`
+(or, with `announced_session_s`, a later one: a close that comes by surprise).
 
 Its "model" is deterministic (`bridges.sim.conversation`) and its speech is digits
 (`bridges.sim.speech`). A dev and test tool: nothing on the production path imports it.
@@ -56,12 +57,14 @@ class RealtimeSimulator:
         pace: bool = False,
         api_key: str | None = None,
         max_session_s: float | None = None,
+        announced_session_s: float | None = None,
         strict_output: bool = True,
     ) -> None:
         self.host = host
         self.port = port
         self.api_key = api_key
         self.max_session_s = max_session_s
+        self.announced_session_s = announced_session_s
         self.connections: list[SimConnection] = []
         self.setup_error: dict[str, Any] | None = None  # answers every session.update when set
         self._sockets: dict[int, ServerConnection] = {}
@@ -213,7 +216,7 @@ class RealtimeSimulator:
         path = request.path if request else PATHS[0]
         model = parse_qs(urlsplit(path).query).get("model", [DEFAULT_MODEL])[0]
         session_id = self.next_id("sess")
-        lifetime_s = self.max_session_s or OPENAI_SESSION_CAP_S
+        lifetime_s = self.announced_session_s or self.max_session_s or OPENAI_SESSION_CAP_S
         config = default_session(
             session_id, model, int(time.time() + lifetime_s), self.ctx.silence_ms
         )

@@ -171,8 +171,11 @@ class AudioCodesBridge(BaseBridge):
         await self._send("userStream.stopped")
 
     async def _chunk(self, incoming: Incoming) -> None:
-        msg = validate(UserStreamChunk, self._mine(incoming))
-        await self.caller_audio(decode_audio(msg.audioChunk), incoming.received_s)
+        data = self._mine(incoming)
+        chunk = data.get("audioChunk")
+        if not isinstance(chunk, str):  # the model's message names what is wrong
+            chunk = validate(UserStreamChunk, data).audioChunk
+        await self.caller_audio(decode_audio(chunk), incoming.received_s)
 
     async def _activities(self, incoming: Incoming) -> None:
         """Each valid entry is acted on in order; the bad ones are reported together after."""
@@ -204,9 +207,10 @@ class AudioCodesBridge(BaseBridge):
     # -- hooks to VAIC ------------------------------------------------------------------------
 
     async def send_audio(self, chunk: bytes) -> None:
-        if self.stream_id is not None:
-            await self._send(
-                "playStream.chunk", streamId=self.stream_id, audioChunk=encode_audio(chunk)
+        if self.stream_id is not None:  # ids are of safe characters: no JSON escaping needed
+            await self.peer.send_text(
+                f'{{"type":"playStream.chunk","conversationId":"{self.conversation_id}",'
+                f'"streamId":"{self.stream_id}","audioChunk":"{encode_audio(chunk)}"}}'
             )
 
     async def on_playback_started(self, playback: Playback) -> None:

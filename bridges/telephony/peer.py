@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import time
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from bridges.audio import from_base64, to_base64
 from bridges.errors import ProtocolError
 from sessions.state import describe_validation_error
 
@@ -57,10 +57,14 @@ class Peer:
 
     async def send(self, data: dict[str, Any]) -> None:
         """Send one JSON message (dropped quietly once the socket is closed)."""
+        await self.send_text(json.dumps(data, separators=(",", ":")))
+
+    async def send_text(self, text: str) -> None:
+        """Send one message already encoded as JSON text (the audio path builds its own)."""
         if self.websocket.application_state is not WebSocketState.CONNECTED:
             return
         try:
-            await self.websocket.send_text(json.dumps(data, separators=(",", ":")))
+            await self.websocket.send_text(text)
         except (WebSocketDisconnect, RuntimeError):
             return
 
@@ -101,11 +105,11 @@ def validate(model: type[Model], data: dict[str, Any]) -> Model:
 def decode_audio(payload: str) -> bytes:
     """Base64 audio; ProtocolError when it is not valid base64."""
     try:
-        return base64.b64decode(payload, validate=True)
+        return from_base64(payload)
     except (binascii.Error, ValueError):
         raise ProtocolError("audio is not valid base64") from None
 
 
 def encode_audio(chunk: bytes) -> str:
     """Audio as base64 text."""
-    return base64.b64encode(chunk).decode("ascii")
+    return to_base64(chunk)

@@ -78,7 +78,7 @@ class StreamFormat(_Strict):
 
 
 class StartInfo(_Strict):
-    streamSid: str = Field(min_length=1, max_length=64)  # noqa: N815
+    streamSid: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")  # noqa: N815 - MZ + 32 hex
     callSid: str  # noqa: N815
     accountSid: str | None = Field(default=None, max_length=64)  # noqa: N815
     tracks: list[str] = Field(default_factory=list, max_length=4)
@@ -304,9 +304,14 @@ class TwilioBridge(BaseBridge):
         return True
 
     async def _media(self, data: dict[str, Any], received_s: float) -> None:
-        media = validate(Media, data).media
-        if media.track == "inbound":
-            await self.caller_audio(decode_audio(media.payload), received_s)
+        media = data.get("media")
+        payload = media.get("payload") if isinstance(media, dict) else None
+        track = media.get("track", "inbound") if isinstance(media, dict) else None
+        if not isinstance(payload, str) or not isinstance(track, str):
+            checked = validate(Media, data).media  # the model's message names what is wrong
+            payload, track = checked.payload, checked.track
+        if track == "inbound":
+            await self.caller_audio(decode_audio(payload), received_s)
 
     async def _dtmf(self, data: dict[str, Any], _: float) -> None:
         digit = validate(Dtmf, data).dtmf.digit
@@ -379,8 +384,9 @@ class TwilioBridge(BaseBridge):
     # -- helpers ------------------------------------------------------------------------------
 
     async def _send_frame(self, frame: bytes) -> None:
-        self.cleared = False
-        await self._send("media", media={"payload": encode_audio(frame)})
+        self.cleared = False  # stream sids are checked at `start`: no JSON escaping needed
+        await self.peer.send_text(f'{{"event":"media","streamSid":"{self.stream_sid}",'
+                                  f'"media":{{"payload":"{encode_audio(frame)}"}}}}')  # fmt: skip
 
     async def _clear(self) -> None:
         if not self.cleared:
