@@ -39,7 +39,8 @@ COMPRESSION = "zstd" if "application/zstd" in encoders() else "zlib"
 
 def build(settings: Settings) -> dict[str, Any]:
     """The Celery configuration for these settings."""
-    redis_transport = urlsplit(settings.broker_url).scheme in ("redis", "rediss", "unix")
+    scheme = urlsplit(settings.broker_url.split(";")[0]).scheme
+    redis_transport = scheme in ("redis", "rediss", "unix", "sentinel")
     transport: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": 1,
@@ -51,6 +52,11 @@ def build(settings: Settings) -> dict[str, Any]:
     }
     if settings.celery_key_prefix:
         transport["global_keyprefix"] = settings.celery_key_prefix
+    if scheme == "sentinel":  # the master the sentinels watch, and how to talk to them
+        if not settings.redis_sentinel_master:
+            raise ConfigError("REDIS_SENTINEL_MASTER: required with a sentinel:// broker")
+        transport["master_name"] = settings.redis_sentinel_master
+        transport["sentinel_kwargs"] = {"socket_timeout": 5, **settings.sentinel_kwargs()}
     soft_limit_s = max(1, settings.task_time_limit_s - 3)
     return {
         "broker_url": settings.broker_url,

@@ -7,13 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bridges.call.metrics import prometheus_text
+from bridges.call.metrics import ProcessValues
 from bridges.call.runtime import BridgeRuntime
 from bridges.guard import (
     AuthFailures,
@@ -106,10 +107,9 @@ def create_app(
     async def metrics(request: Request) -> Response:
         if not operator(request):
             return _unauthorized()
-        persister = vars(runtime.persister.metrics())
         events = await runtime.store_events()
-        text = prometheus_text(runtime.metrics, len(runtime.calls), persister, events)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        process = ProcessValues(len(runtime.calls), runtime.persister.metrics(), events)
+        return Response(runtime.metrics.exposition(process), media_type=CONTENT_TYPE_LATEST)
 
     routes = [
         WebSocketRoute("/ws/audiocodes", audiocodes),

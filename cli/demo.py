@@ -27,6 +27,7 @@ from sessions.state import SessionState, SessionStatus
 
 AUDIO_TYPES = {"userStream.chunk", "playStream.chunk", "media"}
 ARCHIVE_TIMEOUT_S = 30.0
+AUDIOCODES, TWILIO = "AudioCodes", "Twilio"  # the telephony side of the call, as actors
 
 
 class DemoFailed(RuntimeError):
@@ -72,18 +73,63 @@ class Timeline:
         elapsed_ms = (time.perf_counter() - self._t0) * 1000
         self.steps.append({"t_ms": round(elapsed_ms, 1), "actor": actor, "what": what, **details})
         if not self.quiet:
-            extra = "  " + ", ".join(f"{k}={v}" for k, v in details.items()) if details else ""
-            print(f"{elapsed_ms:8.1f} ms  {actor:<9} {what}{extra}", flush=True)
+            extra = "  " + readable(details) if details else ""
+            print(f"{elapsed_ms:8.1f} ms  {actor:<10} {what}{extra}", flush=True)
 
 
 def _details(message: Message) -> dict[str, Any]:
     skip = {"type", "event", "conversationId", "streamSid", "sequenceNumber", "audioChunk"}
     details = {k: v for k, v in message.items() if k not in skip}
-    if "start" in details and isinstance(details["start"], dict):
-        details["start"] = {k: details["start"][k] for k in ("callSid",) if k in details["start"]}
+    for name in ("start", "stop"):  # Twilio's: only the call they belong to
+        if isinstance(details.get(name), dict):
+            details[name] = {k: details[name][k] for k in ("callSid",) if k in details[name]}
     if isinstance(details.get("caller"), str):
         details["caller"] = mask_number(details["caller"])
     return details
+
+
+def readable(details: dict[str, Any]) -> str:
+    """A step's details in words: `key=value` pairs, lists joined, caller events named."""
+    return ", ".join(_readable(key, value) for key, value in details.items())
+
+
+def _readable(key: str, value: Any) -> str:
+    if key == "activities" and isinstance(value, list):  # AudioCodes: hangup, DTMF, ...
+        return ", ".join(_activity(a) if isinstance(a, dict) else _plain(a) for a in value)
+    if key == "dtmf":  # Twilio's DTMF event: the digit itself is the caller's
+        return "DTMF digit"
+    if isinstance(value, dict):  # Twilio nests an event's fields under its name
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    return f"{key}={_plain(value)}"
+
+
+def _activity(activity: dict[str, Any]) -> str:
+    name = str(activity.get("name") or activity.get("type"))
+    return "DTMF digit" if name == "dtmf" else name
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ",".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+def turn_counts(state: SessionState) -> dict[str, int]:
+    """The call in turns: the caller's (speech), the bot's (after its greeting), DTMF digits
+    (the caller's events: a DTMF digit is the only one)."""
+    counts = dict.fromkeys(("caller_turns", "bot_answers", "greetings", "dtmf_digits"), 0)
+    for item in state.conversation_history:
+        role, kind = item.get("role"), item.get("kind")
+        if role == "user":
+            counts["dtmf_digits" if kind == "event" else "caller_turns"] += 1
+        elif role == "assistant":
+            answering = counts["caller_turns"] or counts["dtmf_digits"]
+            counts["bot_answers" if answering else "greetings"] += 1
+    return counts
 
 
 def mask_number(number: str) -> str:
@@ -148,7 +194,8 @@ async def run_demo(settings: Settings, protocol: str = "audiocodes", with_worker
                 if sim.violations():
                     raise DemoFailed(f"the model refused client events: {sim.violations()}")
     return {"conversation_id": cid, "protocol": protocol, "archive": location,
-            "turns": len(state.conversation_history), "resumed_count": state.resumed_count,
+            "turns": len(state.conversation_history), **turn_counts(state),
+            "resumed_count": state.resumed_count,
             "end_reason": state.end_reason, "model": _model_summary(state),
             "usage": state.usage.counters(), "steps": out.steps}  # fmt: skip
 
@@ -177,7 +224,7 @@ def _note_model(out: Timeline, sim: RealtimeSimulator, telephony: str) -> None:
 
 async def _play_audiocodes(out: Timeline, cid: str, url_1: str, url_2: str,
                            sim: RealtimeSimulator) -> None:  # fmt: skip
-    caller = AudioCodesClient(url_1, cid, observer=lambda d, m: out.message("vaic", d, m))
+    caller = AudioCodesClient(url_1, cid, observer=lambda d, m: out.message(AUDIOCODES, d, m))
     await caller.connect()
     if (await caller.initiate())["type"] != "session.accepted":
         raise DemoFailed(f"session.initiate was refused: {caller.received[-1]}")
@@ -188,8 +235,8 @@ async def _play_audiocodes(out: Timeline, cid: str, url_1: str, url_2: str,
         await caller.expect("playStream.stop")
     await caller.dtmf("5")
     await caller.close()
-    out.note("vaic", "websocket dropped mid-call; reconnecting to the second instance")
-    again = AudioCodesClient(url_2, cid, observer=lambda d, m: out.message("vaic", d, m))
+    out.note(AUDIOCODES, "websocket dropped mid-call; reconnecting to the second instance")
+    again = AudioCodesClient(url_2, cid, observer=lambda d, m: out.message(AUDIOCODES, d, m))
     await again.connect()
     if (await again.resume())["type"] != "session.accepted":
         raise DemoFailed(f"session.resume was refused: {again.received[-1]}")
@@ -203,7 +250,7 @@ async def _play_audiocodes(out: Timeline, cid: str, url_1: str, url_2: str,
 async def _play_twilio(out: Timeline, cid: str, url_1: str, url_2: str,
                        sim: RealtimeSimulator) -> None:  # fmt: skip
     stream = TwilioClient(url_1, cid, "MZ" + uuid.uuid4().hex,
-                          observer=lambda d, m: out.message("twilio", d, m))  # fmt: skip
+                          observer=lambda d, m: out.message(TWILIO, d, m))  # fmt: skip
     await stream.connect()
     await stream.start({"caller": "+15550100"})
     await stream.expect("mark")
@@ -213,11 +260,9 @@ async def _play_twilio(out: Timeline, cid: str, url_1: str, url_2: str,
         await stream.expect("mark")
     await stream.dtmf("5")
     await stream.close()
-    out.note(
-        "twilio", "stream dropped mid-call; a new <Connect><Stream> reaches the second instance"
-    )
+    out.note(TWILIO, "stream dropped mid-call; a new <Connect><Stream> reaches the second instance")
     again = TwilioClient(url_2, cid, "MZ" + uuid.uuid4().hex,
-                         observer=lambda d, m: out.message("twilio", d, m))  # fmt: skip
+                         observer=lambda d, m: out.message(TWILIO, d, m))  # fmt: skip
     await again.connect()
     await again.start({"caller": "+15550100"})
     await sim.wait_for(lambda s: len(s.connections) >= 2 and bool(s.connections[-1].items))
@@ -246,7 +291,8 @@ async def _wait_archived(runtime: BridgeRuntime, cid: str, settings: Settings) -
         if time.monotonic() > deadline:
             raise DemoFailed(
                 f"call {cid} not archived within {ARCHIVE_TIMEOUT_S:.0f} s; is a worker running? "
-                "(`celery -A workers.app worker`, or `opus-sessions demo --with-worker`)"
+                "(`celery -A workers.app worker --loglevel INFO`, or "
+                "`opus-sessions demo --with-worker`)"
             )
         await asyncio.sleep(0.05)  # the archive is written by another thread or process
 

@@ -9,14 +9,14 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, ProgressBar, json_option
-from sessions.archive import ArchiveRecord, ArchiveSink, json_line
-from sessions.factory import build_sink
+from cli.output import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, isatty, json_option, progress
+from sessions.archive import ArchiveRecord, ArchiveSink, FileSystemSink, PostgresSink, json_line
+from sessions.redis_ops import redact_url
 from sessions.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,7 +85,9 @@ def parse_instant(text: str) -> datetime:
 
 
 def run_export(args: argparse.Namespace, settings: Settings) -> int:
-    """Write the records in range, with a progress bar and a summary on stderr."""
+    """Write the records in range, with a progress bar and a summary on stderr.
+
+    The archive is only read: nothing is created or altered, not even an empty table."""
     since, until = args.since, args.until
     if until is not None and until <= since:
         print(
@@ -93,13 +95,14 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    sink = build_sink(settings)
+    sink = open_archive(settings)
     try:
-        total = sink.count_since(since, until)
-        bar = ProgressBar(total, sys.stderr, enabled=args.progress or _isatty(sys.stderr))
-        with _destination(args.output) as out:
-            written = write_records(out, args.format, _counted(sink, since, until, bar))
-        bar.close()
+        total = count_in_archive(sink, since, until)
+        if total is None:
+            print(f"error: nothing to export: {_absent(sink)}; nothing was created",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
+        written = _export(args, sink, total)
     except BrokenPipeError:
         raise
     except OSError as exc:
@@ -109,6 +112,37 @@ def run_export(args: argparse.Namespace, settings: Settings) -> int:
         sink.close()
     _summary(args, written, sink.describe())
     return EXIT_OK
+
+
+def _export(args: argparse.Namespace, sink: ArchiveSink, total: int) -> int:
+    """Write the records in range to the destination, drawing the progress on stderr."""
+    shown = args.progress or isatty(sys.stderr)
+    records = sink.iter_since(args.since, args.until)
+    with (
+        progress(total, sys.stderr, shown, "exporting") as advance,
+        _destination(args.output) as out,
+    ):
+        return write_records(out, args.format, _counted(records, advance))
+
+
+def open_archive(settings: Settings) -> ArchiveSink:
+    """The configured archive sink, opened for reading only."""
+    if settings.archive_url:
+        url = settings.effective_archive_url or ""
+        return PostgresSink(url, settings.archive_table, read_only=True)
+    return FileSystemSink(settings.archive_dir)
+
+
+def count_in_archive(sink: ArchiveSink, since: datetime, until: datetime | None) -> int | None:
+    """How many records are in range; None when the archive does not exist (yet)."""
+    if isinstance(sink, FileSystemSink):
+        return sink.count_since(since, until) if sink.root.is_dir() else None
+    from psycopg.errors import UndefinedTable
+
+    try:
+        return sink.count_since(since, until)
+    except UndefinedTable:
+        return None
 
 
 def write_records(out: TextIO, fmt: str, records: Iterator[ArchiveRecord]) -> int:
@@ -145,11 +179,19 @@ def csv_row(record: ArchiveRecord) -> dict[str, Any]:
 
 
 def _counted(
-    sink: ArchiveSink, since: datetime, until: datetime | None, bar: ProgressBar
+    records: Iterator[ArchiveRecord], advance: Callable[[int], None]
 ) -> Iterator[ArchiveRecord]:
-    for record in sink.iter_since(since, until):
+    for record in records:
         yield record
-        bar.advance()
+        advance(1)
+
+
+def _absent(sink: ArchiveSink) -> str:
+    """What does not exist, in words."""
+    if isinstance(sink, PostgresSink):
+        return f"table {sink.table} does not exist in {redact_url(sink.url)}"
+    where = sink.root if isinstance(sink, FileSystemSink) else sink.describe()
+    return f"the archive directory {where} does not exist"
 
 
 @contextlib.contextmanager
@@ -178,8 +220,3 @@ def _summary(args: argparse.Namespace, written: int, source: str) -> None:
         print(json.dumps(summary), file=sys.stderr)
     else:
         print(f"{written} records written to {where} (from {source})", file=sys.stderr)
-
-
-def _isatty(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -75,11 +76,24 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
-        print(f"\ncall {result['conversation_id']}: {result['turns']} turns, resumed "
-              f"{result['resumed_count']}x, ended ({result['end_reason']}), archived at "
-              f"{result['archive']}")  # fmt: skip
+        print(f"\n{demo_call_line(result)}")
         print(demo_model_line(result))
     return EXIT_OK
+
+
+def demo_call_line(result: dict[str, Any]) -> str:
+    """The demo call in words: turns, DTMF digits, the resume, the end and the archive."""
+    after = " (after the greeting)" if result.get("greetings") else ""
+    return (
+        f"call {result['conversation_id']}: {_counted(result['caller_turns'], 'caller turn')}, "
+        f"{_counted(result['bot_answers'], 'bot answer')}{after}, "
+        f"{_counted(result['dtmf_digits'], 'DTMF digit')}; resumed {result['resumed_count']}x, "
+        f"ended ({result['end_reason']}), archived at {result['archive']}"
+    )
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def demo_model_line(result: dict[str, Any]) -> str:
@@ -170,12 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opus-sessions", description="Resumable voice-call sessions: demo, tools, serving."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRATIONS:
         register(sub)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (from its metadata)."""
+    try:
+        return importlib.metadata.version("opus-sessions")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: run `./dev` or `pip install -e .`)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,15 +1,25 @@
-"""Terminal output for the CLI: exit codes, colours, tables, JSON, durations, a progress bar."""
+"""Terminal output for the CLI: exit codes, a rich console, tables, JSON, durations, progress.
+
+Tables and progress are drawn with rich. On a terminal they get colour (unless NO_COLOR is
+set) and wrap to its width; anywhere else the text is plain, one row a line, without
+trailing blanks, so it can be read by scripts and tests.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
+
+from rich.console import Console, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -31,62 +41,89 @@ EMBEDDED_NOTE = (
     "the embedded default keeps sessions in the serving process; "
     "set REDIS_URL to inspect a running stack"
 )
+# Off a terminal lines are never wrapped: one row of a table is one line of text.
+PLAIN_WIDTH = 100_000
 
-_CODES = {"green": "32", "red": "31", "yellow": "33", "bold": "1", "dim": "2"}
+
+def isatty(stream: TextIO) -> bool:
+    """Whether a stream is a terminal (streams without `isatty` are not)."""
+    probe = getattr(stream, "isatty", None)
+    return bool(probe and probe())
 
 
 def colour_enabled(stream: TextIO) -> bool:
-    """ANSI colour only on a terminal, and never when NO_COLOR is set (no-color.org)."""
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+    """Colour only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+    return isatty(stream) and not os.environ.get("NO_COLOR")
 
 
-class Style:
-    """Wraps text in ANSI codes when enabled; plain text otherwise."""
+def make_console(stream: TextIO | None = None, terminal: bool | None = None) -> Console:
+    """A console writing to `stream` (stdout by default); `terminal` overrides the detection."""
+    stream = stream or sys.stdout
+    is_terminal = isatty(stream) if terminal is None else terminal
+    return Console(
+        file=stream,
+        force_terminal=is_terminal,
+        color_system="auto" if colour_enabled(stream) else None,
+        width=None if is_terminal else PLAIN_WIDTH,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
 
-    @classmethod
-    def for_stream(cls, stream: TextIO | None = None) -> Style:
-        """The style for a stream (stdout by default)."""
-        return cls(colour_enabled(stream or sys.stdout))
-
-    def paint(self, text: str, name: str) -> str:
-        """`text` in the named colour or weight."""
-        return f"\033[{_CODES[name]}m{text}\033[0m" if self.enabled else text
-
-    def ok(self, ok: bool) -> str:
-        """A green `ok` or a red `FAIL`, padded to the same width."""
-        return self.paint("ok  ", "green") if ok else self.paint("FAIL", "red")
+def show(console: Console, *renderables: RenderableType) -> None:
+    """Print each renderable on its own lines; off a terminal, without trailing blanks."""
+    for renderable in renderables:
+        if console.is_terminal:
+            console.print(renderable)
+            continue
+        with console.capture() as captured:
+            console.print(renderable)
+        lines = captured.get().splitlines()
+        console.file.write("".join(line.rstrip() + "\n" for line in lines))
+    console.file.flush()
 
 
 def table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    style: Style | None = None,
-    right: Collection[int] = (),
-) -> str:
-    """Columns padded to their widest cell; the columns numbered in `right` right-aligned."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    align = [i in right for i in range(len(headers))]
-    head = "  ".join(_pad(h, w, r) for h, w, r in zip(headers, widths, align, strict=True))
-    lines = [style.paint(head.rstrip(), "bold") if style else head.rstrip()]
-    for row in cells:
-        line = "  ".join(_pad(c, w, r) for c, w, r in zip(row, widths, align, strict=True))
-        lines.append(line.rstrip())
-    return "\n".join(lines)
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Collection[int] = ()
+) -> Table:
+    """Columns under bold headers, two spaces apart; the columns numbered in `right` align right."""
+    grid = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    for i, header in enumerate(headers):
+        grid.add_column(header, justify="right" if i in right else "left")
+    for row in rows:
+        grid.add_row(*(Text(_cell(value)) for value in row))
+    return grid
 
 
-def pairs(items: Iterable[tuple[str, Any]], style: Style | None = None) -> str:
+def pairs(items: Iterable[tuple[str, Any]]) -> Table:
     """A two-column table of name and value, names dimmed on a terminal."""
-    rows = [(name, _cell(value)) for name, value in items]
-    width = max((len(name) for name, _ in rows), default=0)
-    paint = style.paint if style else (lambda text, _: text)
-    return "\n".join(f"{paint(name.ljust(width), 'dim')}  {value}" for name, value in rows)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="dim")
+    grid.add_column()
+    for name, value in items:
+        grid.add_row(Text(name), Text(_cell(value)))
+    return grid
+
+
+def styled(text: str, style: str) -> Text:
+    """Plain text (never markup) in a rich style such as `bold` or `dim`."""
+    return Text(text, style=style)
+
+
+@contextlib.contextmanager
+def progress(
+    total: int, stream: TextIO, enabled: bool, what: str
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on `stream` (`what  ━━━━  done/total  elapsed`); yields `advance(n)`."""
+    if not enabled:
+        yield lambda _: None
+        return
+    console = make_console(stream, terminal=True)
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda count: bar.advance(task, count)
 
 
 def json_option() -> argparse.ArgumentParser:
@@ -135,47 +172,9 @@ def since_text(moment: datetime, now: datetime | None = None) -> str:
     return f"{moment.astimezone(UTC).isoformat(timespec='seconds')} ({ago} ago)"
 
 
-class ProgressBar:
-    """`[#####-----] done/total` on one line of a stream, redrawn at most every 0.1 s."""
-
-    def __init__(self, total: int, stream: TextIO, enabled: bool, width: int = 30) -> None:
-        self.total = total
-        self.stream = stream
-        self.enabled = enabled
-        self.width = width
-        self.done = 0
-        self._drawn_at = 0.0
-
-    def advance(self, count: int = 1) -> None:
-        """Count finished items and redraw if it is time."""
-        self.done += count
-        now = time.monotonic()
-        if self.enabled and (now - self._drawn_at >= 0.1 or self.done >= self.total):
-            self._draw()
-            self._drawn_at = now
-
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        if self.enabled:
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _draw(self) -> None:
-        fraction = min(1.0, self.done / self.total) if self.total else 1.0
-        filled = int(fraction * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {self.done}/{self.total}")
-        self.stream.flush()
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
     return str(value)
-
-
-def _pad(text: str, width: int, right: bool) -> str:
-    return text.rjust(width) if right else text.ljust(width)

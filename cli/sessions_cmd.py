@@ -15,21 +15,23 @@ from cli.output import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     NO_BROKER_HINT,
-    Style,
-    compact,
     human_duration,
     json_option,
-    pairs,
+    make_console,
     print_json,
+    show,
     since_text,
+    styled,
     table,
 )
+from cli.session_view import show_session
 from sessions.clock import utc_now
 from sessions.control import RedisCallControl
 from sessions.errors import CorruptSession
 from sessions.factory import build_sink, build_storage
 from sessions.redis_async import RedisSessionStorage
 from sessions.redis_ops import redact_url
+from sessions.redis_topology import RedisTopology
 from sessions.service import SessionManagerService
 from sessions.settings import Settings
 from sessions.state import SessionState, SessionStatus
@@ -131,11 +133,10 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
     if not states:
         print(f"no {kind} sessions {where}")
         return EXIT_OK
-    style = Style.for_stream()
     headers = ("ID", "STATUS", "CALLER", "TURNS", "RESUMES", "IDLE")
     rows = [[r[k] for k in LIST_KEYS] + [human_duration(r["idle_s"])] for r in map(_row, states)]
-    print(table(headers, rows, style, right={3, 4, 5}))
-    print(style.paint(f"{len(states)} of {total} {kind} sessions {where}", "dim"))
+    summary = styled(f"{len(states)} of {total} {kind} sessions {where}", "dim")
+    show(make_console(), table(headers, rows, right={3, 4, 5}), summary)
     return EXIT_OK
 
 
@@ -218,14 +219,7 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
         data["audio_buffer_bytes"] = sum(len(chunk) for chunk in state.audio_buffer)
         print_json(data)
         return EXIT_OK
-    style = Style.for_stream()
-    print(pairs(_fields(state), style))
-    print(style.paint(f"\ntranscript ({len(state.conversation_history)} items)", "bold"))
-    if state.conversation_history:
-        print(table(("#", "ROLE", "TIME", "TEXT"), _transcript(state), right={0}))
-    print(style.paint(f"\nfunction calls ({len(state.function_calls)})", "bold"))
-    if state.function_calls:
-        print(table(("#", "NAME", "ARGUMENTS", "RESULT"), _calls(state), right={0}))
+    show_session(state)
     return EXIT_OK
 
 
@@ -245,67 +239,11 @@ def _missing(settings: Settings, conversation_id: str) -> str:
     )
 
 
-def _fields(state: SessionState) -> list[tuple[str, Any]]:
-    now = utc_now()
-    rows: list[tuple[str, Any]] = [
-        ("conversation_id", state.conversation_id),
-        ("status", state.status.value),
-        ("caller", state.caller),
-        ("bridge_type", state.bridge_type),
-        ("bot_name", state.bot_name),
-        ("session_id", state.session_id),
-        ("created_at", since_text(state.created_at, now)),
-        ("last_activity", since_text(state.last_activity, now)),
-        ("resumed_count", state.resumed_count),
-        ("current_turn", state.current_turn),
-        ("epoch / seq", f"{state.epoch} / {state.seq}"),
-        ("errors", f"{state.error_count} (last: {state.last_error})" if state.error_count else 0),
-        ("openai_session_id", state.openai_session_id),
-    ]
-    if state.ended_at is not None:
-        rows += [("ended_at", since_text(state.ended_at, now)), ("end_reason", state.end_reason)]
-    if state.metadata:
-        rows.append(("metadata", compact(state.metadata)))
-    return rows
-
-
-def _transcript(state: SessionState) -> list[tuple[Any, ...]]:
-    return [
-        (i, item.get("role", "-"), _item_time(item), _item_text(item))
-        for i, item in enumerate(state.conversation_history, 1)
-    ]
-
-
-def _calls(state: SessionState) -> list[tuple[Any, ...]]:
-    return [
-        (i, call.get("name", "-"), compact(call.get("arguments")), compact(call.get("result")))
-        for i, call in enumerate(state.function_calls, 1)
-    ]
-
-
-def _item_time(item: dict[str, Any]) -> Any:
-    for key in ("timestamp", "time", "created_at", "at"):
-        if item.get(key) is not None:
-            return item[key]
-    return None
-
-
-def _item_text(item: dict[str, Any]) -> str:
-    for key in ("content", "text", "transcript"):
-        value = item.get(key)
-        if isinstance(value, str):
-            return value
-        if isinstance(value, list):
-            parts = [p.get("text") or p.get("transcript") for p in value if isinstance(p, dict)]
-            return " ".join(p for p in parts if isinstance(p, str))
-    return compact({k: v for k, v in item.items() if k != "role"})
-
-
 def _where(settings: Settings) -> str:
     if settings.storage_backend == "memory":
         return "in this process (embedded default)"
-    url = redact_url(settings.effective_redis_url)
-    return f"under prefix {settings.session_prefix!r} at {url}"
+    where = RedisTopology.from_settings(settings).describe()
+    return f"under prefix {settings.session_prefix!r} in {where}"
 
 
 # -- end -------------------------------------------------------------------------------------

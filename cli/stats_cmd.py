@@ -9,7 +9,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from cli.output import EMBEDDED_NOTE, EXIT_OK, Style, json_option, pairs, print_json, since_text
+from cli.output import (
+    EMBEDDED_NOTE,
+    EXIT_OK,
+    json_option,
+    make_console,
+    pairs,
+    print_json,
+    show,
+    since_text,
+)
 from sessions.clock import from_us
 from sessions.factory import build_storage
 from sessions.service import SessionManagerService
@@ -19,7 +28,7 @@ if TYPE_CHECKING:
     from cli.output import Subparsers
 
 # Shown from the live counters instead; the document's copies are as old as `computed_at`.
-LIVE_KEYS = frozenset({"computed_at", "live_sessions", "status_counts"})
+LIVE_KEYS = frozenset({"computed_at", "live_sessions", "status_counts", "archive_backlog"})
 NOT_COMPUTED = (
     "not computed yet: beat runs opus.maintenance.compute_statistics every STATISTICS_INTERVAL s"
 )
@@ -46,7 +55,7 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(stats)
     else:
-        print(pairs(stats_rows(stats), Style.for_stream()))
+        show(make_console(), pairs(stats_rows(stats)))
     return EXIT_OK
 
 

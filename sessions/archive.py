@@ -30,8 +30,32 @@ class NotArchivable(TerminalError):
     """The session is not ended, so it has no final record to archive."""
 
 
+# State fields the record carries at its top level (under these names), so `state` holds
+# only the rest: nothing is stored twice. The audio buffer is not archived.
+PROMOTED: dict[str, str] = {
+    "conversation_id": "conversation_id",
+    "session_id": "session_id",
+    "bridge_type": "bridge_type",
+    "bot_name": "bot_name",
+    "caller": "caller",
+    "status": "status",
+    "created_at": "started_at",
+    "ended_at": "ended_at",
+    "resumed_count": "resumed_count",
+    "end_reason": "end_reason",
+    "conversation_history": "transcript",
+    "function_calls": "function_calls",
+    "error_count": "error_count",
+    "last_error": "last_error",
+    "realtime": "realtime",
+    "usage": "usage",
+}
+NOT_ARCHIVED = frozenset({"audio_buffer"})
+
+
 class ArchiveRecord(BaseModel):
-    """Everything kept about a finished call."""
+    """Everything kept about a finished call: the call at the top level, the rest of its
+    session state (model ids, metadata, ordering) in `state`."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -60,9 +84,8 @@ class ArchiveRecord(BaseModel):
         """The record of an ENDED session; NotArchivable otherwise."""
         if state.status is not SessionStatus.ENDED or state.ended_at is None:
             raise NotArchivable(f"session {state.conversation_id!r} is {state.status.value}")
-        full = state.to_dict()
-        for promoted in ("audio_buffer", "realtime", "usage"):  # the last two: top level
-            full.pop(promoted, None)
+        rest = {k: v for k, v in state.to_dict().items()
+                if k not in PROMOTED and k not in NOT_ARCHIVED}  # fmt: skip
         return cls(
             conversation_id=state.conversation_id,
             session_id=state.session_id,
@@ -81,9 +104,14 @@ class ArchiveRecord(BaseModel):
             last_error=state.last_error,
             realtime=state.realtime,
             usage=state.usage,
-            state=full,
+            state=rest,
             archived_at=utc_now(),
         )
+
+    def session_state(self) -> SessionState:
+        """The call's session state as it ended (without its audio buffer)."""
+        top = self.model_dump(mode="json")
+        return SessionState.from_dict({**self.state, **{k: top[v] for k, v in PROMOTED.items()}})
 
 
 class ArchiveSink(Protocol):
@@ -180,9 +208,10 @@ class FileSystemSink:
 class PostgresSink:
     """A table of records keyed by conversation id, created on first use; writes are upserts."""
 
-    def __init__(self, url: str, table: str = "session_archive") -> None:
+    def __init__(self, url: str, table: str = "session_archive", read_only: bool = False) -> None:
         self.url = url
         self.table = table
+        self.read_only = read_only  # for readers: creates nothing, and the server refuses writes
         self._conn: Any = None
         self._lock = threading.Lock()
 
@@ -191,7 +220,10 @@ class PostgresSink:
 
         if self._conn is None or self._conn.closed:
             self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-            self._conn.execute(_CREATE.format(table=self.table))
+            if self.read_only:
+                self._conn.execute("SET default_transaction_read_only = on")
+            else:
+                self._conn.execute(_CREATE.format(table=self.table))
         return self._conn
 
     def _execute(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:

@@ -7,6 +7,7 @@ from sessions.memory import MemorySessionStorage, MemoryStore
 from sessions.redis_async import RedisSessionStorage
 from sessions.redis_ops import Retention
 from sessions.redis_sync import SyncRedisStore
+from sessions.redis_topology import RedisTopology
 from sessions.settings import Settings
 from sessions.state import SessionState
 from sessions.storage import SessionStorage
@@ -42,7 +43,7 @@ def build_storage(settings: Settings) -> SessionStorage:
         default_ttl=settings.session_ttl_s,
         max_connections=settings.redis_max_connections,
         retention=retention_of(settings),
-        **settings.redis_kwargs(),
+        topology=RedisTopology.from_settings(settings),
     )
 
 
@@ -60,7 +61,7 @@ def build_sync_store(
         settings.session_prefix,
         retention_of(settings),
         max_connections=settings.redis_max_connections,
-        **settings.redis_kwargs(),
+        topology=RedisTopology.from_settings(settings),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 from sessions.errors import InvalidConversationId
@@ -28,28 +29,64 @@ def check_conversation_id(conversation_id: object) -> str:
 
 @dataclass(frozen=True)
 class KeySpace:
-    """The key templates under one prefix."""
+    """The key templates under one prefix, over `shards` groups of sessions.
+
+    With one shard and no hash tags (`tagged=False`, the default for one Redis or Sentinel)
+    the keys are `<prefix><conversation id>`, `<prefix>_idx:live`, ... With `tagged` (a
+    Redis Cluster, or more than one shard) every key of a session and its shard's indexes
+    and counters carry the shard's hash tag: `<prefix>{s3}<conversation id>`,
+    `<prefix>{s3}_idx:live`, ..., so a script touches one hash slot, and the shards spread
+    over the cluster's masters. A session's shard is the CRC-32 of its id, modulo `shards`.
+    """
 
     prefix: str = DEFAULT_PREFIX
+    shards: int = 1
+    tagged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError("shards must be at least 1")
+        if self.shards > 1 and not self.tagged:
+            object.__setattr__(self, "tagged", True)
+
+    def shard_of(self, conversation_id: str) -> int:
+        """The shard a conversation's keys live in."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(conversation_id.encode()) % self.shards
+
+    def _base(self, shard: int) -> str:
+        return f"{self.prefix}{{s{shard}}}" if self.tagged else self.prefix
 
     def session(self, conversation_id: str) -> str:
         """Hash holding one session's fields."""
-        return self.prefix + check_conversation_id(conversation_id)
+        check_conversation_id(conversation_id)
+        return self._base(self.shard_of(conversation_id)) + conversation_id
+
+    def live_index(self, shard: int = 0) -> str:
+        """Sorted set: a shard's live (not ended) ids scored by last activity (µs)."""
+        return self._base(shard) + "_idx:live"
+
+    def archive_index(self, shard: int = 0) -> str:
+        """Sorted set: a shard's ended, not yet archived ids scored by end time (µs)."""
+        return self._base(shard) + "_idx:archive"
+
+    def status_counts(self, shard: int = 0) -> str:
+        """Hash: number of a shard's stored sessions in each status."""
+        return self._base(shard) + "_counts"
+
+    def events(self, shard: int = 0) -> str:
+        """Hash: a shard's monotonic event counters (resumes, archived, archive failures, ...)."""
+        return self._base(shard) + "_events"
+
+    def durations(self, shard: int = 0) -> str:
+        """List: durations (s) of a shard's most recently archived calls, newest first."""
+        return self._base(shard) + "_durations"
 
     @property
-    def live_index(self) -> str:
-        """Sorted set: live (not ended) conversation ids scored by last activity (µs)."""
-        return self.prefix + "_idx:live"
-
-    @property
-    def archive_index(self) -> str:
-        """Sorted set: ended, not yet archived conversation ids scored by end time (µs)."""
-        return self.prefix + "_idx:archive"
-
-    @property
-    def status_counts(self) -> str:
-        """Hash: number of stored sessions in each status."""
-        return self.prefix + "_counts"
+    def all_shards(self) -> range:
+        """Every shard number."""
+        return range(self.shards)
 
     @property
     def statistics(self) -> str:
@@ -65,16 +102,6 @@ class KeySpace:
             check_conversation_id(conversation_id)
         return self.prefix + "_lock:" + name
 
-    @property
-    def events(self) -> str:
-        """Hash: monotonic event counters (resumes, archived, archive failures, ...)."""
-        return self.prefix + "_events"
-
-    @property
-    def durations(self) -> str:
-        """List: durations (s) of the most recently archived calls, newest first."""
-        return self.prefix + "_durations"
-
     def control(self, instance_id: str) -> str:
         """Pub/sub channel: requests to the bridge instance `instance_id` (hang up a call)."""
         return self.prefix + "_control:" + check_conversation_id(instance_id)
@@ -89,11 +116,13 @@ class KeySpace:
         return self.prefix + "_control_reply:"
 
     def script_keys(self, conversation_id: str) -> list[str]:
-        """The KEYS list of the per-session scripts: session, live, archive, counts, events."""
+        """The KEYS list of the per-session scripts: session, and its shard's live index,
+        archive index, status counts and event counters (one hash slot)."""
+        shard = self.shard_of(conversation_id)
         return [
             self.session(conversation_id),
-            self.live_index,
-            self.archive_index,
-            self.status_counts,
-            self.events,
+            self.live_index(shard),
+            self.archive_index(shard),
+            self.status_counts(shard),
+            self.events(shard),
         ]

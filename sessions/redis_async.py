@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import NoScriptError, RedisError
 
+import sessions.redis_reads as reads
 from sessions.codec import Snapshot, encode_state
-from sessions.keys import KeySpace
 from sessions.redis_ops import (
     END_OUTCOMES,
     UPDATE_OUTCOMES,
     RedisOps,
     Retention,
     ScriptCall,
-    redact_url,
     translate_error,
 )
+from sessions.redis_reads import FanOut
 from sessions.redis_scripts import ALL as SCRIPTS
+from sessions.redis_topology import RedisTopology
 from sessions.state import SessionState
 from sessions.storage import (
     ARCHIVE_MARKS,
@@ -29,10 +29,13 @@ from sessions.storage import (
     CreateResult,
     EndOutcome,
     ExpireResult,
+    SaveAck,
     SaveOutcome,
     SessionStorage,
     UpdateOutcome,
 )
+
+T = TypeVar("T")
 
 
 class RedisSessionStorage(SessionStorage):
@@ -47,20 +50,19 @@ class RedisSessionStorage(SessionStorage):
         *,
         retention: Retention | None = None,
         pool_timeout_s: float = 5.0,
+        topology: RedisTopology | None = None,
         **redis_kwargs: Any,
     ) -> None:
-        self.redis_url = redis_url
+        self.topology = topology or RedisTopology(url=redis_url, extra=redis_kwargs)
+        self.redis_url = self.topology.url
         self.session_prefix = session_prefix
         self.default_ttl = default_ttl
         self.max_connections = max_connections
         retention = retention or Retention(session_ttl_s=default_ttl)
-        self.ops = RedisOps(KeySpace(session_prefix), retention)
-        redis_kwargs.setdefault("decode_responses", True)
-        self._pool = BlockingConnectionPool.from_url(
-            redis_url, max_connections=max_connections, timeout=pool_timeout_s, **redis_kwargs
-        )
-        self.client = Redis(connection_pool=self._pool)
+        self.ops = RedisOps(self.topology.keyspace(session_prefix), retention)
+        self.client = self.topology.async_client(max_connections, pool_timeout_s)
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
+        self._where = self.topology.describe()
 
     async def _run(self, call: ScriptCall, conversation_id: str | None = None) -> Any:
         """EVALSHA straight through the client (redis-py's Script wrapper costs ~40 µs a call);
@@ -69,18 +71,32 @@ class RedisSessionStorage(SessionStorage):
         command = ("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
         try:
             try:
-                return await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+                return await self.client.execute_command(*command)
             except NoScriptError:
                 await self.client.script_load(script.script)
-                return await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+                return await self.client.execute_command(*command)
         except RedisError as exc:
-            raise translate_error(exc, self.redis_url, conversation_id) from exc
+            raise translate_error(exc, self._where, conversation_id) from exc
 
-    async def _command(self, name: str, *args: Any, conversation_id: str | None = None) -> Any:
+    async def _command(self, *command: Any, conversation_id: str | None = None) -> Any:
         try:
-            return await self.client.execute_command(name, *args)  # type: ignore[no-untyped-call]
+            return await self.client.execute_command(*command)
         except RedisError as exc:
-            raise translate_error(exc, self.redis_url, conversation_id) from exc
+            raise translate_error(exc, self._where, conversation_id) from exc
+
+    async def _read(self, plan: FanOut[T]) -> T:
+        """One command per shard: the command itself for one shard, else one pipeline."""
+        try:
+            if len(plan.commands) == 1:
+                replies = [await self.client.execute_command(*plan.commands[0])]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for command in plan.commands:
+                    pipe.execute_command(*command)
+                replies = list(await pipe.execute())
+        except RedisError as exc:
+            raise translate_error(exc, self._where, None) from exc
+        return plan.merge(replies)
 
     # -- atomic operations ---------------------------------------------------
 
@@ -94,6 +110,31 @@ class RedisSessionStorage(SessionStorage):
         reply = await self._run(self.ops.save(snapshot), snapshot.conversation_id)
         return SaveOutcome(int(reply)) is SaveOutcome.APPLIED
 
+    async def save_durable(
+        self, snapshot: Snapshot, replicas: int = 0, timeout_ms: int = 500
+    ) -> SaveAck:
+        """Save; with `replicas`, then WAIT (on the same connection) until that many replicas
+        have the write, at most `timeout_ms`. A cluster gets no WAIT: its command would reach
+        another connection than the write (so `replicated` is None there)."""
+        if replicas <= 0 or self.topology.kind == "cluster":
+            return SaveAck(await self.save(snapshot), None)
+        call = self.ops.save(snapshot)
+        script = self._scripts[call.script]
+        for attempt in (1, 2):
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.execute_command("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                outcome, acked = await pipe.execute()
+                return SaveAck(SaveOutcome(int(outcome)) is SaveOutcome.APPLIED, int(acked))
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.client.script_load(script.script)
+            except RedisError as exc:
+                raise translate_error(exc, self._where, snapshot.conversation_id) from exc
+        raise AssertionError("unreachable")
+
     async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
         if touch:
             flat = await self._run(self.ops.touch_load(conversation_id), conversation_id)
@@ -103,7 +144,7 @@ class RedisSessionStorage(SessionStorage):
             try:
                 fields = await self.client.hgetall(key)
             except RedisError as exc:
-                raise translate_error(exc, self.redis_url, conversation_id) from exc
+                raise translate_error(exc, self._where, conversation_id) from exc
         return self.ops.parse_state(conversation_id, fields)
 
     async def claim(
@@ -125,7 +166,20 @@ class RedisSessionStorage(SessionStorage):
         return UPDATE_OUTCOMES[await self._run(call, conversation_id)]
 
     async def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
-        return self.ops.parse_expire(await self._run(self.ops.expire_batch(max_age_s, limit)))
+        cutoff_us = self.ops.now_us() - int(max_age_s * 1_000_000)
+        ended: list[str] = []
+        vanished = 0
+        for shard in self.ops.keys.all_shards:
+            left = limit - len(ended) - vanished
+            if left <= 0:
+                break
+            found = await self._command(*self.ops.expire_candidates(shard, cutoff_us, left))
+            if found:
+                reply = await self._run(self.ops.expire(shard, found, cutoff_us))
+                result = self.ops.parse_expire(reply)
+                ended += result.ended
+                vanished += result.vanished
+        return ExpireResult(ended=ended, vanished=vanished)
 
     async def delete_session(self, conversation_id: str) -> bool:
         return bool(await self._run(self.ops.delete(conversation_id), conversation_id))
@@ -146,28 +200,29 @@ class RedisSessionStorage(SessionStorage):
     # -- reads over the indexes ------------------------------------------------
 
     async def list_active_sessions(self) -> list[str]:
-        return list(await self._command("ZRANGE", self.ops.keys.live_index, 0, -1))
+        return await self._read(reads.live_ids(self.ops.keys))
 
     async def live_count(self) -> int:
-        """Number of live sessions (one ZCARD)."""
-        return int(await self._command("ZCARD", self.ops.keys.live_index))
+        """Number of live sessions (one ZCARD a shard)."""
+        return await self._read(reads.live_count(self.ops.keys))
 
     async def list_unarchived_ended_sessions(self) -> list[str]:
         """Ids of ended sessions waiting for their archive (the archive index)."""
-        return list(await self._command("ZRANGE", self.ops.keys.archive_index, 0, -1))
+        return await self._read(reads.archive_ids(self.ops.keys))
 
     async def archive_backlog(self) -> int:
         """Number of ended sessions waiting for their archive."""
-        return int(await self._command("ZCARD", self.ops.keys.archive_index))
+        return await self._read(reads.archive_backlog(self.ops.keys))
 
     async def status_counts(self) -> dict[str, int]:
-        raw = await self._command("HGETALL", self.ops.keys.status_counts)
-        return self.ops.parse_counts(raw)
+        return await self._read(reads.status_counts(self.ops.keys))
 
     async def get_stats(self) -> dict[str, Any]:
         return {
             "backend": "redis",
-            "redis_url": redact_url(self.redis_url),
+            "redis": self._where,
+            "topology": self.topology.kind,
+            "shards": self.ops.keys.shards,
             "session_prefix": self.session_prefix,
             "default_ttl_s": self.default_ttl,
             "max_connections": self.max_connections,
@@ -177,13 +232,19 @@ class RedisSessionStorage(SessionStorage):
         }
 
     async def events(self) -> dict[str, int]:
-        raw = await self._command("HGETALL", self.ops.keys.events)
-        return {str(k): int(v) for k, v in (raw or {}).items()}
+        return await self._read(reads.events(self.ops.keys))
 
     async def ping(self) -> bool:
         """True when Redis answers."""
         return bool(await self._command("PING"))
 
+    async def start(self) -> None:
+        """On a cluster, learn the slot map now (pub/sub needs it before any command ran)."""
+        if self.topology.kind == "cluster":
+            try:
+                await self.client.initialize()
+            except RedisError as exc:
+                raise translate_error(exc, self._where, None) from exc
+
     async def close(self) -> None:
         await self.client.aclose()
-        await self._pool.disconnect()

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sessions.clock import from_us, now_us
 from sessions.codec import ACTIVITY_FIELD, ARCHIVED_FIELD, Snapshot, decode_state
 from sessions.keys import KeySpace, check_conversation_id
+from sessions.redis_reads import Command
 from sessions.state import SessionState
 from sessions.storage import (
     EXPIRED_REASON,
@@ -78,7 +79,10 @@ def pairs_to_dict(flat: list[str]) -> dict[str, str]:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***."""
+    """The URL with any password replaced by *** (each of a `;`-separated list, as kombu's
+    `sentinel://a;sentinel://b`)."""
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -112,29 +116,47 @@ class RedisOps:
             "save", self.keys.script_keys(snap.conversation_id), args + _flatten(fields)
         )
 
-    def save_many(self, snaps: Sequence[Snapshot], now: int | None = None) -> ScriptCall:
-        """Compare-and-set saves of several snapshots in one script call."""
-        args: list[Arg] = [self.keys.prefix, now or now_us(), self.retention.live_ms,
-                           self.retention.ended_ms]  # fmt: skip
+    def save_many(self, snaps: Sequence[Snapshot], now: int | None = None) -> list[ScriptCall]:
+        """Compare-and-set saves of several snapshots: one script call per shard, in order
+        within each shard; `split_outcomes` puts the replies back in the snapshots' order."""
+        now = now or now_us()
+        by_shard: dict[int, list[Snapshot]] = {}
         for snap in snaps:
+            by_shard.setdefault(self.keys.shard_of(snap.conversation_id), []).append(snap)
+        return [self._save_shard(shard, group, now) for shard, group in by_shard.items()]
+
+    def _save_shard(self, shard: int, snaps: Sequence[Snapshot], now: int) -> ScriptCall:
+        k = self.keys
+        keys = [k.live_index(shard), k.archive_index(shard), k.status_counts(shard),
+                k.events(shard)]  # fmt: skip
+        args: list[Arg] = [now, self.retention.live_ms, self.retention.ended_ms]
+        for snap in snaps:
+            keys.append(k.session(snap.conversation_id))
             fields = (item for pair in snap.fields.items() if pair[0] != ACTIVITY_FIELD
                       for item in pair)  # fmt: skip
-            args += [
-                check_conversation_id(snap.conversation_id),
-                snap.epoch,
-                snap.seq,
-                snap.status.value,
-                snap.last_activity_us,
-                "\0".join(fields),
-            ]
-        keys = [self.keys.live_index, self.keys.archive_index, self.keys.status_counts]
+            args += [snap.conversation_id, snap.epoch, snap.seq, snap.status.value,
+                     snap.last_activity_us, "\0".join(fields)]  # fmt: skip
         return ScriptCall("save_many", keys, args)
+
+    def split_outcomes(
+        self, snaps: Sequence[Snapshot], replies: Sequence[Sequence[Any]]
+    ) -> list[int]:
+        """The outcomes of `save_many`'s calls (one reply per call) in the snapshots' order."""
+        order: dict[int, list[int]] = {}
+        for index, snap in enumerate(snaps):
+            order.setdefault(self.keys.shard_of(snap.conversation_id), []).append(index)
+        outcomes = [0] * len(snaps)
+        for indexes, reply in zip(order.values(), replies, strict=True):
+            for index, outcome in zip(indexes, reply, strict=True):
+                outcomes[index] = int(outcome)
+        return outcomes
 
     def touch_load(self, conversation_id: str) -> ScriptCall:
         """Read a session, moving its activity to now unless it is already expired."""
         idle_us = int(self.retention.session_ttl_s * 1_000_000)
         args: list[Arg] = [conversation_id, now_us(), idle_us, self.retention.live_ms]
-        keys = [self.keys.session(conversation_id), self.keys.live_index]
+        shard = self.keys.shard_of(conversation_id)
+        keys = [self.keys.session(conversation_id), self.keys.live_index(shard)]
         return ScriptCall("touch_load", keys, args)
 
     def claim(
@@ -183,42 +205,53 @@ class RedisOps:
             self.retention.live_ms,
             state.status.value,
             fields[ACTIVITY_FIELD],
-            max_live,
+            self.shard_quota(max_live),
         ]
         return ScriptCall(
             "create", self.keys.script_keys(state.conversation_id), args + _flatten(fields)
         )
 
+    def shard_quota(self, max_live: int) -> int:
+        """The live sessions one shard may hold under a limit of `max_live` (0: no limit).
+
+        The check is atomic within a shard's hash slot; across shards it cannot be, so on a
+        sharded layout each shard holds at most its share, rounded up.
+        """
+        if max_live <= 0 or self.keys.shards == 1:
+            return max_live
+        return -(-max_live // self.keys.shards)
+
     def delete(self, conversation_id: str) -> ScriptCall:
         """Delete a session and its index entries."""
         return ScriptCall("delete", self.keys.script_keys(conversation_id), [conversation_id])
 
-    def expire_batch(self, max_age_s: float, limit: int) -> ScriptCall:
-        """End up to `limit` sessions idle past `max_age_s`."""
-        now = now_us()
-        args: list[Arg] = [
-            self.keys.prefix,
-            now - int(max_age_s * 1_000_000),
-            now,
-            limit,
-            json.dumps(EXPIRED_REASON),
-            json.dumps(from_us(now).isoformat()),
-            self.retention.ended_ms,
-        ]
-        keys = [self.keys.live_index, self.keys.archive_index, self.keys.status_counts]
-        return ScriptCall("expire_batch", keys, args)
+    def expire_candidates(self, shard: int, cutoff_us: int, limit: int) -> Command:
+        """The read that picks up to `limit` of a shard's sessions idle since `cutoff_us`."""
+        live = self.keys.live_index(shard)
+        return ("ZRANGEBYSCORE", live, "-inf", cutoff_us, "LIMIT", 0, limit)
+
+    def expire(self, shard: int, candidates: Sequence[str], cutoff_us: int) -> ScriptCall:
+        """End the candidates still idle since `cutoff_us` (and not ended)."""
+        now, k = now_us(), self.keys
+        keys = [k.live_index(shard), k.archive_index(shard), k.status_counts(shard)]
+        keys += [k.session(cid) for cid in candidates]
+        ended_at = json.dumps(from_us(now).isoformat())
+        args: list[Arg] = [cutoff_us, now, json.dumps(EXPIRED_REASON), ended_at,
+                           self.retention.ended_ms]  # fmt: skip
+        return ScriptCall("expire_batch", keys, args + list(candidates))
 
     def mark_archived(
         self, conversation_id: str, duration_s: float, counters: Mapping[str, int] | None = None
     ) -> ScriptCall:
         """Flag an ended session archived, count it, keep its duration, add `counters` once."""
-        k = self.keys
-        keys = [k.session(conversation_id), k.archive_index, k.events, k.durations]
+        k, shard = self.keys, self.keys.shard_of(conversation_id)
+        keys = [k.session(conversation_id), k.archive_index(shard), k.events(shard),
+                k.durations(shard)]  # fmt: skip
         args: list[Arg] = [
             conversation_id,
             self.retention.archived_ms,
             repr(float(duration_s)),
-            DURATIONS_KEPT,
+            max(1, DURATIONS_KEPT // self.keys.shards),
         ]
         for name, amount in (counters or {}).items():
             args += [name, int(amount)]
@@ -280,14 +313,16 @@ END_OUTCOMES = {o.value: o for o in EndOutcome}
 UPDATE_OUTCOMES = {o.value: o for o in UpdateOutcome}
 
 
-def translate_error(exc: Exception, url: str, conversation_id: str | None) -> Exception:
-    """The package error for a redis-py exception (the URL is shown redacted)."""
+def translate_error(exc: Exception, where: str, conversation_id: str | None) -> Exception:
+    """The package error for a redis-py exception; `where` names the store (no credentials)."""
     from redis import exceptions as rex
 
     from sessions.errors import CorruptSession, StorageUnavailable
 
-    if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
-        return StorageUnavailable(f"redis at {redact_url(url)} is unavailable: {exc}")
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.ReadOnlyError):
+        return StorageUnavailable(f"{where} is unavailable: {exc}")
+    if isinstance(exc, rex.ClusterDownError | rex.TryAgainError | rex.MasterDownError):
+        return StorageUnavailable(f"{where} is unavailable: {exc}")
     if isinstance(exc, rex.ResponseError) and "WRONGTYPE" in str(exc) and conversation_id:
         return CorruptSession(conversation_id, "the key holds a value that is not a session hash")
     return exc

@@ -1,7 +1,9 @@
 """Server-side scripts: every write to a session and its indexes happens inside one of these.
 
-Per-session scripts take KEYS = [session hash, live index, archive index,
-status counts, event counters] (see `KeySpace.script_keys`). Statuses are stored as JSON text
+Every key a script touches is one of its KEYS, and all of them are in one hash slot on a
+Redis Cluster (a session and its shard's indexes and counters; see `KeySpace`). Per-session
+scripts take KEYS = [session hash, live index, archive index, status counts, event counters]
+(see `KeySpace.script_keys`). Statuses are stored as JSON text
 ('"active"'); `last_activity` as integer microseconds. Numbers that must keep
 full precision (microsecond times) are passed through as strings, never
 re-formatted by Lua.
@@ -187,10 +189,9 @@ return save_one(KEYS[1], {KEYS[2], KEYS[3], KEYS[4]}, ARGV[1], ARGV[2], ARGV[3],
 """
 )
 
-# A batch in one call. Session keys are built here from the prefix (so this script, like
-# EXPIRE_BATCH, is not for Redis Cluster).
-# KEYS: live index, archive index, status counts
-# ARGV: prefix, now_us, live_ttl_ms, ended_ttl_ms, then per snapshot:
+# A batch of one shard's snapshots in one call; it also counts them in the shard's events.
+# KEYS: live index, archive index, status counts, event counters, then each snapshot's session
+# ARGV: now_us, live_ttl_ms, ended_ttl_ms, then per snapshot:
 #       cid, epoch, seq, status, activity_us, fields (name NUL text NUL name NUL text ...; stored
 #       texts are JSON, which never holds a raw NUL)
 SAVE_MANY = (
@@ -208,14 +209,22 @@ local function split_fields(blob)
   return flat
 end
 
-local applied = {}
-for b = 5, #ARGV, 6 do
-  local flat = split_fields(ARGV[b + 5])
-  applied[#applied + 1] = save_one(ARGV[1] .. ARGV[b], KEYS, ARGV[b], ARGV[b + 1],
-                                   ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], flat,
-                                   ARGV[2], ARGV[3], ARGV[4])
+local outcomes, applied, merged = {}, 0, 0
+local indexes = {KEYS[1], KEYS[2], KEYS[3]}
+for b = 4, #ARGV, 6 do
+  local n = #outcomes + 1
+  local outcome = save_one(KEYS[4 + n], indexes, ARGV[b], ARGV[b + 1], ARGV[b + 2],
+                           ARGV[b + 3], ARGV[b + 4], split_fields(ARGV[b + 5]),
+                           ARGV[1], ARGV[2], ARGV[3])
+  outcomes[n] = outcome
+  if outcome == 1 then applied = applied + 1 elseif outcome > 1 then merged = merged + 1 end
 end
-return applied
+if applied > 0 then redis.call('HINCRBY', KEYS[4], 'snapshots_applied', applied) end
+if applied < #outcomes then
+  redis.call('HINCRBY', KEYS[4], 'snapshots_stale', #outcomes - applied)
+end
+if merged > 0 then redis.call('HINCRBY', KEYS[4], 'snapshots_stale_merged', merged) end
+return outcomes
 """
 )
 
@@ -335,30 +344,34 @@ return redis.call('DEL', KEYS[1])
 """
 )
 
-# KEYS: live index, archive index, status counts
-# ARGV: prefix, cutoff_us, now_us, limit, reason_json, ended_at_json, ended_ttl_ms
+# Ends the candidates of one shard that are still idle past the cutoff (their score in the
+# live index did not move since they were picked) and not ended.
+# KEYS: live index, archive index, status counts, then each candidate's session
+# ARGV: cutoff_us, now_us, reason_json, ended_at_json, ended_ttl_ms, then each candidate's id
 EXPIRE_BATCH = (
     PRELUDE
     + r"""
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
 local ended, vanished = {}, 0
-for _, cid in ipairs(ids) do
-  local key = ARGV[1] .. cid
-  local st = redis.pcall('HGET', key, 'status')
-  if type(st) ~= 'string' then
-    redis.call('ZREM', KEYS[1], cid)
-    vanished = vanished + 1
-  else
-    local old = status_name(st)
-    if old == 'ended' then
+for i = 6, #ARGV do
+  local cid, key = ARGV[i], KEYS[i - 2]
+  local score = redis.call('ZSCORE', KEYS[1], cid)
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    local st = redis.pcall('HGET', key, 'status')
+    if type(st) ~= 'string' then
+      redis.call('ZREM', KEYS[1], cid)
       vanished = vanished + 1
     else
-      redis.call('HSET', key, 'status', '"ended"', 'end_reason', ARGV[5], 'ended_at', ARGV[6])
-      redis.call('HINCRBY', key, 'seq', 1)
-      redis.call('PEXPIRE', key, ARGV[7])
-      ended[#ended + 1] = cid
+      local old = status_name(st)
+      if old == 'ended' then
+        vanished = vanished + 1
+      else
+        redis.call('HSET', key, 'status', '"ended"', 'end_reason', ARGV[3], 'ended_at', ARGV[4])
+        redis.call('HINCRBY', key, 'seq', 1)
+        redis.call('PEXPIRE', key, ARGV[5])
+        ended[#ended + 1] = cid
+      end
+      transition(KEYS[1], KEYS[2], KEYS[3], cid, old, 'ended', ARGV[2], ARGV[2])
     end
-    transition(KEYS[1], KEYS[2], KEYS[3], cid, old, 'ended', ARGV[3], ARGV[3])
   end
 end
 return {ended, vanished}

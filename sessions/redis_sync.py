@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from redis import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+import sessions.redis_reads as reads
 from sessions.codec import Snapshot
 from sessions.keys import KeySpace
 from sessions.redis_ops import END_OUTCOMES, RedisOps, Retention, ScriptCall, translate_error
+from sessions.redis_reads import FanOut
 from sessions.redis_scripts import ALL as SCRIPTS
+from sessions.redis_topology import RedisTopology
 from sessions.storage import (
     ARCHIVE_MARKS,
     ArchiveMark,
@@ -25,6 +27,7 @@ from sessions.storage import (
     count_saves,
 )
 
+T = TypeVar("T")
 SAVE_CHUNK = 100  # snapshots a script call: bounds how long one call holds Redis (~2 ms)
 
 
@@ -33,21 +36,21 @@ class SyncRedisStore:
 
     def __init__(
         self,
-        redis_url: str,
-        session_prefix: str,
-        retention: Retention,
+        redis_url: str = "redis://127.0.0.1:6379",
+        session_prefix: str = "session:",
+        retention: Retention | None = None,
         max_connections: int = 10,
         pool_timeout_s: float = 5.0,
+        *,
+        topology: RedisTopology | None = None,
         **redis_kwargs: Any,
     ) -> None:
-        self.redis_url = redis_url
-        self.ops = RedisOps(KeySpace(session_prefix), retention)
-        redis_kwargs.setdefault("decode_responses", True)
-        self._pool = BlockingConnectionPool.from_url(
-            redis_url, max_connections=max_connections, timeout=pool_timeout_s, **redis_kwargs
-        )
-        self.client = Redis(connection_pool=self._pool)
+        self.topology = topology or RedisTopology(url=redis_url, extra=redis_kwargs)
+        self.redis_url = self.topology.url
+        self.ops = RedisOps(self.topology.keyspace(session_prefix), retention or Retention())
+        self.client = self.topology.sync_client(max_connections, pool_timeout_s)
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
+        self._where = self.topology.describe()
 
     @property
     def keys(self) -> KeySpace:
@@ -55,16 +58,62 @@ class SyncRedisStore:
         return self.ops.keys
 
     def _run(self, call: ScriptCall, conversation_id: str | None = None) -> Any:
+        script = self._scripts[call.script]
+        command = ("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            return self._scripts[call.script](keys=call.keys, args=call.args)
+            try:
+                return self.client.execute_command(*command)
+            except NoScriptError:
+                self.client.script_load(script.script)
+                return self.client.execute_command(*command)
         except RedisError as exc:
-            raise translate_error(exc, self.redis_url, conversation_id) from exc
+            raise translate_error(exc, self._where, conversation_id) from exc
 
-    def _do(self, command: str, *args: Any) -> Any:
+    def _run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Several script calls in one pipeline; a call whose script the server lost (after a
+        restart) is loaded and sent again, and only that call."""
+        if len(calls) == 1:
+            return [self._run(calls[0])]
+        replies = self._pipelined(calls)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        for name in {calls[i].script for i in lost}:
+            self.client.script_load(self._scripts[name].script)
+        for index, reply in zip(lost, self._pipelined([calls[i] for i in lost]), strict=True):
+            replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise translate_error(reply, self._where, None) from reply
+        return replies
+
+    def _pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        if not calls:
+            return []
         try:
-            return self.client.execute_command(command, *args)  # type: ignore[no-untyped-call]
+            with self.client.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    sha = self._scripts[call.script].sha
+                    pipe.execute_command("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
+                return list(pipe.execute(raise_on_error=False))
         except RedisError as exc:
-            raise translate_error(exc, self.redis_url, None) from exc
+            raise translate_error(exc, self._where, None) from exc
+
+    def _do(self, *command: Any) -> Any:
+        try:
+            return self.client.execute_command(*command)
+        except RedisError as exc:
+            raise translate_error(exc, self._where, None) from exc
+
+    def _read(self, plan: FanOut[T]) -> T:
+        """One command per shard: the command itself for one shard, else one pipeline."""
+        try:
+            if len(plan.commands) == 1:
+                return plan.merge([self.client.execute_command(*plan.commands[0])])
+            with self.client.pipeline(transaction=False) as pipe:
+                for command in plan.commands:
+                    pipe.execute_command(*command)
+                return plan.merge(list(pipe.execute()))
+        except RedisError as exc:
+            raise translate_error(exc, self._where, None) from exc
 
     def save(self, snapshot: Snapshot) -> bool:
         """Compare-and-set save of one snapshot (fenced history still merges); True if applied."""
@@ -72,23 +121,14 @@ class SyncRedisStore:
         return SaveOutcome(int(reply)) is SaveOutcome.APPLIED
 
     def save_many(self, snapshots: Sequence[Snapshot]) -> SaveResult:
-        """Apply a batch with the compare-and-set script, SAVE_CHUNK snapshots a call."""
-        if not snapshots:
-            return SaveResult(applied=0, stale=0)
-        script = self._scripts["save_many"]
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(snapshots), SAVE_CHUNK):
-                    call = self.ops.save_many(snapshots[start : start + SAVE_CHUNK])
-                    script(keys=call.keys, args=call.args, client=pipe)
-                replies = pipe.execute()
-        except RedisError as exc:
-            raise translate_error(exc, self.redis_url, None) from exc
-        result = count_saves(snapshots, [int(r) for reply in replies for r in reply])
-        self.add_event("snapshots_applied", result.applied)
-        self.add_event("snapshots_stale", result.stale)
-        self.add_event("snapshots_stale_merged", result.merged)
-        return result
+        """Apply a batch: per chunk of SAVE_CHUNK, one script call per shard (the script also
+        counts the outcomes in the shard's events)."""
+        outcomes: list[int] = []
+        for start in range(0, len(snapshots), SAVE_CHUNK):
+            chunk = snapshots[start : start + SAVE_CHUNK]
+            calls = self.ops.save_many(chunk)
+            outcomes += self.ops.split_outcomes(chunk, self._run_many(calls))
+        return count_saves(snapshots, outcomes)
 
     def load_record(self, conversation_id: str) -> StoredSession | None:
         """A stored session and its archived flag, without touching activity."""
@@ -106,14 +146,25 @@ class SyncRedisStore:
         return END_OUTCOMES[self._run(call, conversation_id)]
 
     def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
-        """End up to `limit` sessions idle past `max_age_s`."""
-        return self.ops.parse_expire(self._run(self.ops.expire_batch(max_age_s, limit)))
+        """End up to `limit` sessions idle past `max_age_s` (each shard in turn)."""
+        cutoff_us = self.ops.now_us() - int(max_age_s * 1_000_000)
+        ended: list[str] = []
+        vanished = 0
+        for shard in self.ops.keys.all_shards:
+            left = limit - len(ended) - vanished
+            if left <= 0:
+                break
+            found = self._do(*self.ops.expire_candidates(shard, cutoff_us, left))
+            if found:
+                result = self.ops.parse_expire(self._run(self.ops.expire(shard, found, cutoff_us)))
+                ended += result.ended
+                vanished += result.vanished
+        return ExpireResult(ended=ended, vanished=vanished)
 
     def archive_overdue(self, older_than_s: float, limit: int) -> list[str]:
         """Ended sessions still unarchived `older_than_s` after they ended, oldest first."""
         cutoff_us = self.ops.now_us() - int(older_than_s * 1_000_000)
-        index = self.ops.keys.archive_index
-        return list(self._do("ZRANGEBYSCORE", index, "-inf", cutoff_us, "LIMIT", 0, limit))
+        return self._read(reads.archive_overdue(self.ops.keys, cutoff_us, limit))
 
     def mark_archived(
         self, conversation_id: str, duration_s: float, counters: Mapping[str, int] | None = None
@@ -123,33 +174,38 @@ class SyncRedisStore:
         return ARCHIVE_MARKS[int(self._run(call, conversation_id))]
 
     def add_event(self, name: str, amount: int = 1) -> None:
-        """Add to a monotonic event counter."""
+        """Add to a monotonic event counter (kept in the shard the counter's name picks)."""
         if amount:
-            self._do("HINCRBY", self.ops.keys.events, name, amount)
+            self._do("HINCRBY", self.ops.keys.events(self.ops.keys.shard_of(name)), name, amount)
 
     def mark_time(self, name: str) -> None:
         """Record now (µs) under an event name, e.g. `last_sweep_us`."""
-        self._do("HSET", self.ops.keys.events, name, self.ops.now_us())
+        key = self.ops.keys.events(self.ops.keys.shard_of(name))
+        self._do("HSET", key, name, self.ops.now_us())
 
     def events(self) -> dict[str, int]:
-        """All event counters."""
-        return {k: int(v) for k, v in self._do("HGETALL", self.ops.keys.events).items()}
+        """All event counters, summed over the shards."""
+        return self._read(reads.events(self.ops.keys))
 
     def status_counts(self) -> dict[str, int]:
         """Sessions per status."""
-        return self.ops.parse_counts(self._do("HGETALL", self.ops.keys.status_counts))
+        return self._read(reads.status_counts(self.ops.keys))
 
     def live_count(self) -> int:
         """Live sessions."""
-        return int(self._do("ZCARD", self.ops.keys.live_index))
+        return self._read(reads.live_count(self.ops.keys))
+
+    def list_live(self) -> list[str]:
+        """Live ids, least recently active first."""
+        return self._read(reads.live_ids(self.ops.keys))
 
     def archive_backlog(self) -> int:
         """Ended sessions waiting for their archive."""
-        return int(self._do("ZCARD", self.ops.keys.archive_index))
+        return self._read(reads.archive_backlog(self.ops.keys))
 
     def recent_durations(self) -> list[float]:
         """Durations (s) of the most recently archived calls."""
-        return [float(v) for v in self._do("LRANGE", self.ops.keys.durations, 0, -1)]
+        return self._read(reads.recent_durations(self.ops.keys))
 
     def write_statistics(self, document: Mapping[str, Any]) -> None:
         """Store the statistics document."""
@@ -177,4 +233,3 @@ class SyncRedisStore:
     def close(self) -> None:
         """Release the connections."""
         self.client.close()
-        self._pool.disconnect()

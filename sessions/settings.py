@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sessions.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
+DEFAULT_CLUSTER_SHARDS = 16
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -29,6 +30,27 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         default=20, ge=1, le=10_000, validation_alias="REDIS_MAX_CONNECTIONS"
     )
+    redis_username: str | None = Field(
+        default=None, max_length=200, validation_alias="REDIS_USERNAME"
+    )
+    # Redis Sentinel: the sentinels (host:port,...) and the name of the master they watch
+    redis_sentinels: str | None = Field(default=None, validation_alias="REDIS_SENTINELS")
+    redis_sentinel_master: str | None = Field(
+        default=None, max_length=200, validation_alias="REDIS_SENTINEL_MASTER"
+    )
+    redis_sentinel_username: str | None = Field(
+        default=None, max_length=200, validation_alias="REDIS_SENTINEL_USERNAME"
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, validation_alias="REDIS_SENTINEL_PASSWORD"
+    )
+    # Redis Cluster: REDIS_URL names any node; keys are spread over REDIS_SHARDS hash slots
+    redis_cluster: bool = Field(default=False, validation_alias="REDIS_CLUSTER")
+    redis_shards: int | None = Field(default=None, ge=1, le=1024, validation_alias="REDIS_SHARDS")
+    handoff_replicas: int | None = Field(
+        default=None, ge=0, le=16, validation_alias="HANDOFF_REPLICAS"
+    )
+    handoff_wait_ms: int = Field(default=500, ge=1, le=10_000, validation_alias="HANDOFF_WAIT_MS")
     session_ttl_s: int = Field(default=3600, ge=1, validation_alias="SESSION_TTL")
     session_prefix: str = Field(
         default="opusagent:session:", min_length=1, max_length=64, validation_alias="SESSION_PREFIX"
@@ -163,6 +185,13 @@ class Settings(BaseSettings):
         "azure_openai_deployment",
         "openai_transcription_model",
         "model_session_max_s",
+        "redis_username",
+        "redis_sentinels",
+        "redis_sentinel_master",
+        "redis_sentinel_username",
+        "redis_sentinel_password",
+        "redis_shards",
+        "handoff_replicas",
         mode="before",
     )
     @classmethod
@@ -214,12 +243,49 @@ class Settings(BaseSettings):
             raise ValueError("must not contain spaces or glob characters")
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_list(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_addresses(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS")
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("REDIS_CLUSTER: a Redis is watched by sentinels or a cluster, "
+                             "not both (unset REDIS_SENTINELS or REDIS_CLUSTER)")  # fmt: skip
+        if self.redis_cluster and not self.celery_broker_url:
+            raise ValueError("CELERY_BROKER_URL: required with REDIS_CLUSTER (the task queue "
+                             "needs a plain or Sentinel Redis, or RabbitMQ)")  # fmt: skip
+        if self.key_shards > 1 and any(c in self.session_prefix for c in "{}"):
+            raise ValueError("SESSION_PREFIX: must not contain { or } with REDIS_SHARDS > 1 "
+                             "or REDIS_CLUSTER (the key's hash tag is added after it)")  # fmt: skip
+        return self
+
     @property
     def storage_backend(self) -> Literal["memory", "redis"]:
-        """`redis` when asked for or when REDIS_URL is set; otherwise the embedded `memory`."""
+        """`redis` when asked for or when REDIS_URL or REDIS_SENTINELS is set; otherwise the
+        embedded `memory`."""
         if self.session_storage_type is not None:
             return self.session_storage_type
-        return "redis" if self.redis_url else "memory"
+        return "redis" if self.redis_url or self.redis_sentinels else "memory"
+
+    @property
+    def key_shards(self) -> int:
+        """REDIS_SHARDS: 16 on a cluster, otherwise 1 (the layout with no hash tags)."""
+        if self.redis_shards is not None:
+            return self.redis_shards
+        return DEFAULT_CLUSTER_SHARDS if self.redis_cluster else 1
+
+    @property
+    def effective_handoff_replicas(self) -> int:
+        """HANDOFF_REPLICAS: replicas that acknowledge a hand-off; 1 with Sentinel, else 0."""
+        if self.handoff_replicas is not None:
+            return self.handoff_replicas
+        return 1 if self.redis_sentinels else 0
 
     @property
     def effective_redis_url(self) -> str:
@@ -231,9 +297,13 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        """CELERY_BROKER_URL, or the session Redis (with REDIS_PASSWORD folded into the URL)."""
+        """CELERY_BROKER_URL, or the session Redis (with REDIS_PASSWORD folded into the URL):
+        on Sentinel, kombu's `sentinel://host:port;sentinel://...` list of the sentinels."""
         if self.celery_broker_url:
             return self.celery_broker_url
+        if self.redis_sentinels:
+            return ";".join(self._sentinel_url(host, port)
+                            for host, port in parse_addresses(self.redis_sentinels))  # fmt: skip
         url = self.effective_redis_url
         password = self.redis_kwargs().get("password")
         return with_password(url, password) if password else url
@@ -245,11 +315,37 @@ class Settings(BaseSettings):
             return self.archive_url
         return with_password(self.archive_url, self.archive_password.get_secret_value())
 
+    def _sentinel_url(self, host: str, port: int) -> str:
+        user = quote(self.redis_username or "", safe="")
+        secret = self.redis_password.get_secret_value() if self.redis_password else None
+        auth = f"{user}:{quote(secret, safe='')}@" if secret else (f"{user}@" if user else "")
+        return f"sentinel://{auth}{host}:{port}/{self.redis_db or 0}"
+
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """How to authenticate to the sentinels themselves (REDIS_SENTINEL_USERNAME/PASSWORD)."""
+        out: dict[str, Any] = {}
+        if self.redis_sentinel_username:
+            out["username"] = self.redis_sentinel_username
+        if self.redis_sentinel_password is not None:
+            out["password"] = self.redis_sentinel_password.get_secret_value()
+        return out
+
     def redis_kwargs(self) -> dict[str, Any]:
         """Client keyword arguments: REDIS_PASSWORD when the URL carries none."""
         if self.redis_password is None or urlsplit(self.effective_redis_url).password:
             return {}
         return {"password": self.redis_password.get_secret_value()}
+
+
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """`host:port,host:port` as pairs; ValueError naming the malformed entry."""
+    out = []
+    for index, entry in enumerate(e.strip() for e in text.split(",")):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"entry {index + 1} is not host:port (a list: host:port,host:port)")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 def with_password(url: str, password: str) -> str:
@@ -272,6 +368,9 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = str(err["loc"][0]).upper() if err["loc"] else "settings"
-            problems.append(f"{name}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["loc"]:
+                problems.append(f"{str(err['loc'][0]).upper()}: {message}")
+            else:  # a rule across variables: the message names them
+                problems.append(message)
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sessions.clock import as_utc, utc_now
@@ -26,6 +27,7 @@ SCHEMA_VERSION = 2
 DEFAULT_AUDIO_BUFFER_MAX_BYTES = 256 * 1024
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+DATETIME_FIELDS = frozenset({"created_at", "last_activity", "ended_at"})
 
 
 class SessionStatus(StrEnum):
@@ -85,6 +87,21 @@ class SessionState(BaseModel):
     @classmethod
     def _bounded_audio(cls, chunks: list[bytes]) -> list[bytes]:
         return _trim_oldest(chunks, cls.audio_buffer_max_bytes) if chunks else chunks
+
+    @model_validator(mode="after")
+    def _end_reason_in_metadata(self) -> SessionState:
+        if self.end_reason is not None and "end_reason" not in self.metadata:
+            self.metadata["end_reason"] = self.end_reason
+        return self
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignment keeps the model's types: naive datetimes are taken as UTC, a status
+        given as text becomes a SessionStatus (other fields are not re-validated)."""
+        if name in DATETIME_FIELDS and isinstance(value, datetime):
+            value = as_utc(value)
+        elif name == "status" and not isinstance(value, SessionStatus):
+            value = _status(value)
+        super().__setattr__(name, value)
 
     # -- conversion ---------------------------------------------------------
 
@@ -146,7 +163,7 @@ class SessionState(BaseModel):
 
     def set_status(self, status: SessionStatus | str) -> None:
         """Move to another status; leaving ENDED is refused."""
-        new = SessionStatus(status)
+        new = _status(status)
         if new is not SessionStatus.ENDED:
             self._refuse_if_ended(f"move to {new.value}")
         self.status = new
@@ -158,6 +175,7 @@ class SessionState(BaseModel):
             return
         self.status = SessionStatus.ENDED
         self.end_reason = reason
+        self.metadata["end_reason"] = reason
         self.ended_at = at or utc_now()
         self.update_activity()
 
@@ -174,6 +192,14 @@ class SessionState(BaseModel):
     def _refuse_if_ended(self, action: str) -> None:
         if self.status is SessionStatus.ENDED:
             raise SessionEnded(f"session {self.conversation_id!r} has ended; cannot {action}")
+
+
+def _status(value: Any) -> SessionStatus:
+    try:
+        return SessionStatus(value)
+    except ValueError:
+        names = ", ".join(s.value for s in SessionStatus)
+        raise InvalidSessionData(f"status: {str(value)[:40]!r} is not one of {names}") from None
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "invalid session data") -> str:

@@ -104,6 +104,14 @@ class SaveOutcome(IntEnum):
 
 
 @dataclass(frozen=True)
+class SaveAck:
+    """A save, and how many replicas acknowledged it (None: not asked, or not replicated)."""
+
+    applied: bool
+    replicated: int | None
+
+
+@dataclass(frozen=True)
 class SaveResult:
     """How a batch's snapshots fared: applied, stale (fenced; `merged` of them added
     history), and the archived calls that late history reopened."""
@@ -194,6 +202,12 @@ class SessionStorage(ABC):
     @abstractmethod
     async def events(self) -> dict[str, int]:
         """The monotonic event counters (resumes, stale snapshots, archives, ...)."""
+
+    async def save_durable(
+        self, snapshot: Snapshot, replicas: int = 0, timeout_ms: int = 500
+    ) -> SaveAck:
+        """Save, then (where the backend replicates) wait until `replicas` replicas have it."""
+        return SaveAck(await self.save(snapshot), None)
 
     async def start(self) -> None:
         """Start background work (if the backend has any)."""

@@ -22,12 +22,14 @@ from sessions.factory import build_sync_store
 from sessions.memory import MemorySessionStorage
 from sessions.redis_async import RedisSessionStorage
 from sessions.redis_sync import SyncRedisStore
+from sessions.redis_topology import RedisTopology
 from sessions.service import SessionManagerService
 from sessions.settings import Settings
 from sessions.storage import SessionStorage
 from tasks import runtime
 from tasks.runtime import CeleryDispatcher, TaskContext
 from tests.services import delete_prefix, redis_for_tests
+from tests.topology import ClusterGroup, binaries_missing, cluster_group
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +64,30 @@ async def memory_storage() -> AsyncIterator[MemorySessionStorage]:
     await storage.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterGroup]:
+    """A three-master Redis Cluster of throwaway redis-server processes, for the whole run."""
+    missing = binaries_missing()
+    if missing:
+        pytest.skip(f"the Redis Cluster tests start redis-server processes: {missing}")
+    with cluster_group() as group:
+        yield group
+
+
+@pytest.fixture
+async def cluster_storage(
+    redis_cluster: ClusterGroup, key_prefix: str
+) -> AsyncIterator[RedisSessionStorage]:
+    topology = RedisTopology(kind="cluster", url=redis_cluster.url, shards=16)
+    storage = RedisSessionStorage(session_prefix=key_prefix, max_connections=20, topology=topology)
+    yield storage
+    await storage.close()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def storage(request: pytest.FixtureRequest) -> SessionStorage:
-    """Each behaviour of the storage contract runs on both backends."""
+    """Each behaviour of the storage contract runs on every backend: memory, one Redis, and a
+    Redis Cluster (16 shards over three masters)."""
     backend: SessionStorage = request.getfixturevalue(f"{request.param}_storage")
     return backend
 

@@ -67,6 +67,17 @@ def test_a_record_holds_the_whole_call() -> None:
     assert "audio_buffer" not in record.state
 
 
+def test_a_record_stores_nothing_twice_and_gives_the_whole_state_back() -> None:
+    state = ended_state("c1")
+    state.openai_session_id, state.metadata["team"] = "sess_1", "billing"
+    record = ArchiveRecord.of(state)
+    assert set(record.state) & {"conversation_history", "function_calls", "caller"} == set()
+    text = record.model_dump_json()
+    assert text.count('"hello"') == 1 and text.count('"lookup_account"') == 1
+    assert record.state["openai_session_id"] == "sess_1"
+    assert record.session_state() == state.model_copy(update={"audio_buffer": []})
+
+
 def test_archiving_twice_to_the_filesystem_gives_one_record(
     task_ctx: TaskContext, tmp_path: Path
 ) -> None:

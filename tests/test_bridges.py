@@ -19,7 +19,7 @@ from sessions.codec import Snapshot
 from sessions.errors import StorageUnavailable
 from sessions.settings import Settings
 from sessions.state import SessionStatus
-from sessions.storage import SessionStorage
+from sessions.storage import SaveAck, SessionStorage
 from tests.conftest import wait_until
 from tests.services import throwaway_redis
 from tests.workers import broker_app, subprocess_worker
@@ -57,10 +57,10 @@ async def test_a_full_audiocodes_call_is_saved_ended_and_archived(
     assert state is not None and state.status is SessionStatus.ENDED
     assert state.end_reason == "caller hung up"
     record = json.loads(next(Path(redis_settings.archive_dir).rglob("call-full.json")).read_text())
-    turns = [(t["role"], t["content"]) for t in record["state"]["conversation_history"]]
+    turns = [(t["role"], t["content"]) for t in record["transcript"]]
     assert ("user", "123") in turns and ("assistant", "you said 123") in turns
     assert ("user", "DTMF 5") in turns
-    calls = record["state"]["function_calls"]
+    calls = record["function_calls"]
     assert calls[0]["name"] == "lookup_account" and calls[0]["result"]["account_id"] == "123"
 
 
@@ -110,9 +110,9 @@ class GatedStorage:
         self.inner = inner
         self.opened = asyncio.Event()
 
-    async def save(self, snapshot: Snapshot) -> bool:
+    async def save_durable(self, snapshot: Snapshot, replicas: int, timeout_ms: int) -> SaveAck:
         await self.opened.wait()
-        return await self.inner.save(snapshot)
+        return await self.inner.save_durable(snapshot, replicas, timeout_ms)
 
 
 async def test_a_resume_right_after_a_drop_waits_for_the_old_instance_to_hand_over(
@@ -478,8 +478,8 @@ async def test_the_service_hangs_up_a_live_call_in_process_on_the_embedded_defau
 class UnreachableStorage:
     """A store that does not answer (the hand-off write fails)."""
 
-    async def save(self, snapshot: Snapshot) -> bool:
-        raise StorageUnavailable("redis at redis://127.0.0.1:1 is unavailable")
+    async def save_durable(self, snapshot: Snapshot, replicas: int, timeout_ms: int) -> SaveAck:
+        raise StorageUnavailable("redis at 127.0.0.1:1 is unavailable")
 
 
 async def test_a_hand_off_storage_refuses_goes_out_through_the_persister(

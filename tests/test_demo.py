@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import wait_for
@@ -30,24 +31,62 @@ def cli(
                           capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
 
 
-def test_the_demo_on_the_embedded_default_prints_the_resume_and_the_archive(tmp_path: Path) -> None:
-    done = cli("demo", env={"ARCHIVE_DIR": str(tmp_path)})
+Demo = tuple[subprocess.CompletedProcess[str], Path]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """One run of `opus-sessions demo` on the embedded default; its archive directory."""
+    archive = tmp_path_factory.mktemp("archive")
+    done = cli("demo", env={"ARCHIVE_DIR": str(archive)})
     assert done.returncode == 0, done.stderr
+    return done, archive
+
+
+def test_the_demo_on_the_embedded_default_prints_the_resume_and_the_archive(demo: Demo) -> None:
+    done, archive = demo
     out = done.stdout
     assert "embedded default" in out
     assert "-> session.initiate" in out and "<- session.accepted" in out
     assert "websocket dropped mid-call" in out and "-> session.resume" in out
     assert "<- session.resumed" in out and "greeting=not repeated" in out
     assert "kinds=system,assistant,user,assistant,user,function_call,function_call_output" in out
-    assert "call archived" in out and str(tmp_path) in out
+    assert "call archived" in out and str(archive) in out
     assert "GA session set up" in out and "audio_in=audio/pcm" in out
+    assert "3 caller turns, 3 bot answers (after the greeting), 1 DTMF digit; resumed 1x" in out
     assert "model: openai gpt-realtime, voice marin, audio audio/pcm in / audio/pcm out" in out
     assert re.search(r"tokens: [1-9]\d* input .* [1-9]\d* output .* over 5 responses", out)
-    archived = list(tmp_path.rglob("demo-*.json"))
+    archived = list(archive.rglob("demo-*.json"))
     assert len(archived) == 1
     record = json.loads(archived[0].read_text())
     assert record["resumed_count"] == 1 and record["end_reason"] == "caller hung up"
     assert record["usage"]["responses"] == 5 and record["realtime"]["voice"] == "marin"
+
+
+def test_the_demo_speaks_to_newcomers_not_in_jargon_or_python_reprs(demo: Demo) -> None:
+    out = demo[0].stdout
+    assert "vaic" not in out and "AudioCodes -> session.initiate" in out
+    assert "AudioCodes -> activities  DTMF digit" in out
+    assert "AudioCodes -> activities  hangup" in out
+    assert "expectAudioMessages=yes, supportedMediaFormats=raw/lpcm16" in out
+    assert not re.search(r"[\[{]'|'[\]}]|=True|=False", out), out
+    assert " turns," not in out.replace("caller turns,", "")  # no total counting DTMF as a turn
+
+
+def test_the_readme_shows_the_demo_as_it_prints_now(demo: Demo) -> None:
+    done, archive = demo
+    as_by_default = done.stdout.replace(str(archive), "var/archive")  # the default ARCHIVE_DIR
+    printed = {shape(line) for line in as_by_default.splitlines()}
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("An abridged run:\n\n```\n", 1)[1].split("```", 1)[0]
+    shown = [line for line in example.splitlines() if line.strip() != "..."]
+    assert len(shown) > 15 and [line for line in shown if shape(line) not in printed] == []
+
+
+def shape(line: str) -> str:
+    """A demo line without what changes between runs: times, ports, ids, counts, dates."""
+    line = re.sub(r"(demo|bridge)-[0-9a-f]{8}", r"\1-ID", line)
+    return " ".join(re.sub(r"\d+(\.\d+)?", "N", line).split())
 
 
 def test_the_twilio_demo_passes_mulaw_through_as_pcmu(tmp_path: Path) -> None:
@@ -57,6 +96,8 @@ def test_the_twilio_demo_passes_mulaw_through_as_pcmu(tmp_path: Path) -> None:
         "audio_in=audio/pcmu" in done.stdout
         and "audio audio/pcmu in / audio/pcmu out" in done.stdout
     )
+    assert "Twilio     -> dtmf  DTMF digit" in done.stdout and "twilio    " not in done.stdout
+    assert "<- mark  name=bot-1" in done.stdout and "{'" not in done.stdout
 
 
 def test_the_demo_runs_on_redis_with_an_in_process_worker(
@@ -72,6 +113,7 @@ def test_the_demo_runs_on_redis_with_an_in_process_worker(
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["resumed_count"] == 1 and result["turns"] == 8
+    assert (result["caller_turns"], result["bot_answers"], result["dtmf_digits"]) == (3, 3, 1)
     assert result["model"]["model"] == "gpt-realtime" and result["usage"]["output_tokens"] > 0
     assert Path(result["archive"]).is_file()
 

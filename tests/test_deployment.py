@@ -90,3 +90,39 @@ def test_compose_config_validates() -> None:
         assert done.returncode == 0, done.stderr
         return
     pytest.skip("no compose implementation answered")
+
+
+def _dockerignored() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip().rstrip("/") for line in lines if line.strip() and line[0] != "#"]
+
+
+def test_the_build_context_leaves_out_the_virtualenv_and_keeps_what_the_image_copies() -> None:
+    ignored = _dockerignored()
+    assert {".git", ".venv", "var", ".env"} <= set(ignored)
+    copied = [
+        source
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    ]
+    assert copied and all((ROOT / source).exists() for source in copied)
+    assert [s for s in copied if any(Path(s).match(pattern) for pattern in ignored)] == []
+
+
+def test_beat_schedule_files_are_not_tracked() -> None:
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "celerybeat-schedule" in ignored and "celerybeat-schedule.*" in ignored
+
+
+def test_the_sentinel_profile_watches_redis_with_a_replica_and_three_sentinels() -> None:
+    services = compose()["services"]
+    profiled = {name for name, svc in services.items() if "sentinel" in svc.get("profiles", [])}
+    assert profiled == {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    script = services["sentinel-1"]["command"][-1]
+    assert "sentinel monitor opus-master redis 6379 2" in script and "requirepass" in script
+    for name in ("bridge", "worker", "worker-archive", "beat"):
+        env = services[name]["environment"]
+        assert {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_SENTINEL_PASSWORD"} <= set(env)

@@ -162,3 +162,30 @@ def test_the_audio_buffer_is_bounded_dropping_the_oldest_chunks() -> None:
     assert state.audio_buffer[-1][0] == 99
     oversized = SessionState(conversation_id="c", audio_buffer=[b"\x00" * 200_000] * 3)
     assert sum(len(c) for c in oversized.audio_buffer) <= SessionState.audio_buffer_max_bytes
+
+
+def test_a_naive_datetime_assigned_to_the_state_is_taken_as_utc() -> None:
+    state = SessionState(conversation_id="c", status=SessionStatus.PAUSED)
+    state.last_activity = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=2)
+    state.created_at = datetime(2026, 1, 2, 3, 4, 5)
+    assert state.last_activity.tzinfo is UTC and state.created_at.tzinfo is UTC
+    assert state.is_expired(3600) and not state.can_resume(max_age_seconds=3600)
+    state.last_activity = datetime.now(UTC).replace(tzinfo=None)
+    assert not state.is_expired(3600) and state.can_resume(max_age_seconds=3600)
+    assert SessionState.from_dict(state.to_dict()) == state
+
+
+def test_a_status_assigned_as_text_becomes_a_status_and_nonsense_is_refused() -> None:
+    state = SessionState(conversation_id="c")
+    state.status = "paused"  # type: ignore[assignment]
+    assert state.status is SessionStatus.PAUSED and state.can_resume()
+    with pytest.raises(InvalidSessionData, match="status"):
+        state.status = "asleep"  # type: ignore[assignment]
+
+
+def test_the_end_reason_is_in_the_metadata_as_well() -> None:
+    state = SessionState(conversation_id="c", metadata={"team": "billing"})
+    state.end("caller hung up")
+    assert state.metadata == {"team": "billing", "end_reason": "caller hung up"}
+    stored = SessionState.from_dict({**state.to_dict(), "metadata": {}})
+    assert stored.metadata["end_reason"] == "caller hung up"  # ended by a script, read back

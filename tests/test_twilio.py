@@ -44,15 +44,14 @@ async def full_call(client: TwilioClient) -> None:
 
 def check_record(record: dict[str, Any]) -> None:
     """The archived call holds the turns, the DTMF digit, the function call and the parameters."""
-    state = record["state"]
-    turns = [(t["role"], t["content"]) for t in state["conversation_history"]]
+    turns = [(t["role"], t["content"]) for t in record["transcript"]]
     assert ("user", "123") in turns and ("assistant", "you said 123") in turns
     assert ("user", "DTMF 5") in turns and ("assistant", "ok done") in turns
-    call = state["function_calls"][0]
+    call = record["function_calls"][0]
     assert call["name"] == "lookup_account" and call["result"]["account_id"] == "123"
-    assert state["metadata"]["custom_parameters"]["caller"] == "+15550100"
-    assert state["caller"] == "+15550100" and state["bot_name"] == "twilio-bot"
-    assert state["bridge_type"] == "twilio" and state["status"] == "ended"
+    assert record["state"]["metadata"]["custom_parameters"]["caller"] == "+15550100"
+    assert record["caller"] == "+15550100" and record["bot_name"] == "twilio-bot"
+    assert record["bridge_type"] == "twilio" and record["status"] == "ended"
 
 
 async def stored(runtime: BridgeRuntime, call_sid: str = CALL) -> SessionState:

@@ -179,6 +179,7 @@ class BaseBridge(ModelTurns, ABC):
         """End the session (terminal): final state and archive go out through the persister."""
         if self._record_end(reason):
             await self._release()
+            await self._store_end()
 
     async def hang_up(self, reason: str) -> None:
         """The bot ends the call: end the session, hang up on the caller, close the model."""
@@ -186,6 +187,11 @@ class BaseBridge(ModelTurns, ABC):
         if self._record_end(reason):
             await self.on_hang_up(reason, failed)
             await self._release()
+            await self._store_end()
+
+    async def _store_end(self) -> None:
+        if self.state is not None:
+            await self.runtime.handover.store_end(self.state)
 
     def _record_end(self, reason: str) -> bool:
         """Record the end (once); False when there is nothing to end."""

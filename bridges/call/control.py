@@ -16,6 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_fixed,
+)
 
 from sessions.control import ControlReply, ControlRequest, parse_request
 from sessions.keys import KeySpace
@@ -51,23 +58,31 @@ class ControlListener:
                 await self._task
 
     async def _listen(self) -> None:
-        """Serve requests; after a Redis outage, subscribe again."""
-        channel = self.keys.control(self.instance_id)
-        while True:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(channel)
-                self._subscribed.set()
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        await self._serve(message["data"])
-            except (RedisError, OSError) as exc:
-                log.warning("control channel of %s lost (%s); subscribing again",
-                            self.instance_id, exc)  # fmt: skip
-                await asyncio.sleep(RETRY_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Serve requests; after a Redis outage, subscribe again (every RETRY_S, for ever)."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((RedisError, OSError)) | retry_if_result(lambda _: True),
+            wait=wait_fixed(RETRY_S),
+            before_sleep=self._resubscribing,
+        )
+        await retrying.wraps(self._subscribed_serve)()
+
+    async def _subscribed_serve(self) -> None:
+        """Subscribe and serve requests until the subscription fails (or ends)."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self.keys.control(self.instance_id))
+            self._subscribed.set()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    await self._serve(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def _resubscribing(self, tries: RetryCallState) -> None:
+        outcome = tries.outcome
+        lost = outcome.exception() if outcome is not None and outcome.failed else "it ended"
+        log.warning("control channel of %s lost (%s); subscribing again", self.instance_id, lost)
 
     async def _serve(self, data: str | bytes) -> None:
         request = parse_request(data)

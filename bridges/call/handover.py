@@ -44,15 +44,25 @@ class Handover:
     metrics: BridgeMetrics
     instance_id: str
     resume_handoff_ms: int = 1000
+    replicas: int = 0  # replicas that must acknowledge the write (WAIT) before it counts
+    replica_wait_ms: int = 500
     _grace: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     async def hand_off(self, state: SessionState) -> bool:
-        """Store a call that leaves this instance (PAUSED, whole history); False if it failed."""
+        """Store a call that leaves this instance (PAUSED, whole history); False if it failed.
+
+        With `replicas`, the write counts once that many replicas have it: a master that
+        fails over right after it cannot take the call's last turns along. Until then (or
+        when too few replicas answer in time) the persister keeps the state and sends it the
+        routine way as well, which a store that has it already ignores.
+        """
         cid = state.conversation_id
         started = time.perf_counter()
+        timeout_s = HANDOFF_WRITE_TIMEOUT_S + self.replica_wait_ms / 1000
         try:
-            applied = await asyncio.wait_for(
-                self.storage.save(Snapshot.of(state)), HANDOFF_WRITE_TIMEOUT_S
+            ack = await asyncio.wait_for(
+                self.storage.save_durable(Snapshot.of(state), self.replicas, self.replica_wait_ms),
+                timeout_s,
             )
         except (RetryableError, TimeoutError) as exc:
             self.metrics.count("handoff_failures")
@@ -61,6 +71,15 @@ class Handover:
             self.persister.save_now(state)
             self.persister.forget(cid, stored=False)
             return False
+        applied = ack.applied
+        if ack.replicated is not None and ack.replicated < self.replicas:
+            self.metrics.count("handoff_unreplicated")
+            log.warning("call %s: its hand-off reached %d of %d replicas in %d ms; the "
+                        "persister sends it again", cid, ack.replicated, self.replicas,
+                        self.replica_wait_ms)  # fmt: skip
+            self.persister.save_now(state)
+            self.persister.forget(cid, stored=False)
+            return True
         self.persister.forget(cid)
         self.metrics.count("handoffs")
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -69,6 +88,28 @@ class Handover:
                  cid, self.instance_id, state.status.value, len(state.conversation_history),
                  len(state.function_calls), elapsed_ms, taken)  # fmt: skip
         return True
+
+    async def store_end(self, state: SessionState) -> None:
+        """On a replicated store (`replicas`), also write an ended call's final state straight
+        to storage and wait for the replicas: the `end_session` task that carries it could be
+        lost with a broker that fails over before replicating it, the store's copy then is
+        not (the sweep archives it). Failures are logged; the task stays the routine way."""
+        if self.replicas <= 0:
+            return
+        cid = state.conversation_id
+        try:
+            ack = await asyncio.wait_for(
+                self.storage.save_durable(Snapshot.of(state), self.replicas, self.replica_wait_ms),
+                HANDOFF_WRITE_TIMEOUT_S + self.replica_wait_ms / 1000,
+            )
+        except (RetryableError, TimeoutError) as exc:
+            log.warning("call %s ended; writing its final state to storage failed (%s); "
+                        "the end_session task carries it", cid, exc)  # fmt: skip
+            return
+        if ack.replicated is not None and ack.replicated < self.replicas:
+            self.metrics.count("handoff_unreplicated")
+            log.warning("call %s ended; its final state reached %d of %d replicas in %d ms",
+                        cid, ack.replicated, self.replicas, self.replica_wait_ms)  # fmt: skip
 
     async def await_handoff(self, conversation_id: str) -> str | None:
         """Before claiming a call another instance holds ACTIVE, wait for its hand-off.

@@ -70,16 +70,17 @@ class Rollover:
             deadline = self.call.model.session_deadline_s
             window_s = min(ROLLOVER_WINDOW_S, (deadline - loop.time()) * ROLLOVER_WINDOW_FRACTION)
             await asyncio.sleep(max(0.0, deadline - window_s - loop.time()))
-            if self.call.closed or self.call.model.session_deadline_s != deadline:
-                continue  # a reconnect opened a new session meanwhile
-            try:
-                await self._roll(deadline)
-            except ModelRefused:
-                return  # the client reports it; the call ends
-            except ModelUnavailable as exc:
-                log.warning("call %s: preparing a new model session failed (%s); trying again",
-                            self._cid, exc)  # fmt: skip
-                await asyncio.sleep(RETRY_S)
+            while not self.call.closed and self.call.model.session_deadline_s == deadline:
+                try:
+                    await self._roll(deadline)
+                except ModelRefused:
+                    return  # the client reports it; the call ends
+                except ModelUnavailable as exc:
+                    log.warning("call %s: preparing a new model session failed (%s); trying "
+                                "again in %.0f s", self._cid, exc, RETRY_S)  # fmt: skip
+                    await asyncio.sleep(RETRY_S)
+                else:
+                    break  # rolled over: watch the new session's deadline
 
     async def _roll(self, deadline: float) -> None:
         """Prepare a new session at a boundary and switch to it (at the deadline, anyway)."""

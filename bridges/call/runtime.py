@@ -88,6 +88,8 @@ class BridgeRuntime:
                 self.metrics,
                 self.instance_id,
                 self.settings.resume_handoff_ms,
+                replicas=self.settings.effective_handoff_replicas,
+                replica_wait_ms=self.settings.handoff_wait_ms,
             )
         return self._handover
 
@@ -212,7 +214,8 @@ class BridgeRuntime:
         url = self.settings.broker_url
         try:
             await asyncio.wait_for(
-                asyncio.to_thread(ping_broker, url, HEALTH_TIMEOUT_S), HEALTH_TIMEOUT_S + 1
+                asyncio.to_thread(ping_broker, self.settings, HEALTH_TIMEOUT_S),
+                HEALTH_TIMEOUT_S + 1,
             )
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             return {"ok": False, "broker": redact_url(url), "error": str(exc)}

@@ -41,6 +41,7 @@ from bridges.model.events import (
     parse,
     server_error,
 )
+from bridges.model.reconnect import reconnect_policy
 from bridges.model.refusals import is_refusal, refusal_for_error, refusal_for_status
 
 log = logging.getLogger(__name__)
@@ -317,34 +318,36 @@ class RealtimeClient:
         self._ready.clear()
         reason = f"closed with {old.close_code} {old.close_reason or ''}".strip()
         log.info("realtime session %s %s; reconnecting", self.session_id, reason)
-        failure: ModelUnavailable | ModelRefused | None = None
-        for attempt in range(self.reconnect_attempts):
-            if attempt:
-                await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
-            try:
-                session = await self._open()
-                replayed = await self._send_replay(session.ws)
-            except ModelRefused as exc:
-                failure = exc
-                break
-            except (ModelUnavailable, ConnectionClosed) as exc:
-                failure = exc if isinstance(exc, ModelUnavailable) else ModelUnavailable(str(exc))
-                continue
-            if self._closing:
-                await session.ws.close()
-                return False
-            self.reconnects += 1
-            self._adopt(session)
-            self._ready.set()
-            reconnected = {"session_id": self.session_id, "replayed": replayed}
-            self._deliver({"type": CLIENT_RECONNECTED, **reconnected})
-            return True
-        if not isinstance(failure, ModelRefused):
-            failure = ModelUnavailable(
-                f"the realtime model is unavailable after reconnecting failed: {failure}"
-            )
-        self._fail(failure)
-        return False
+        try:
+            if self.reconnect_attempts < 1:
+                raise ModelUnavailable("reconnecting is off (reconnect_attempts=0)")
+            policy = reconnect_policy(self.reconnect_attempts, self.backoff_s, MAX_BACKOFF_S, log)
+            session = await policy.wraps(self._open_replayed)()
+        except ModelRefused as exc:
+            self._fail(exc)
+            return False
+        except ModelUnavailable as exc:
+            self._fail(ModelUnavailable(f"the realtime model is unavailable after reconnecting "
+                                        f"failed: {exc}"))  # fmt: skip
+            return False
+        if self._closing:
+            await session.ws.close()
+            return False
+        self.reconnects += 1
+        self._adopt(session)
+        self._ready.set()
+        reconnected = {"session_id": self.session_id, "replayed": session.replayed}
+        self._deliver({"type": CLIENT_RECONNECTED, **reconnected})
+        return True
+
+    async def _open_replayed(self) -> OpenSession:
+        """One reconnect attempt: a new session, given the history."""
+        session = await self._open()
+        try:
+            session.replayed = await self._send_replay(session.ws)
+        except ConnectionClosed as exc:
+            raise ModelUnavailable(f"the new realtime session closed: {exc}") from None
+        return session
 
     # -- rolling over to a new session before the cap ----------------------------------
 

@@ -50,12 +50,15 @@ def celery_client(settings: Settings) -> Celery:
     return app
 
 
-def ping_broker(url: str, timeout_s: float = 2.0) -> None:
-    """Connect to the broker once; kombu's OperationalError (or OSError) if it does not answer."""
+def ping_broker(settings: Settings, timeout_s: float = 2.0) -> None:
+    """Connect to the broker once, with the transport options the workers use (a Sentinel
+    broker's master name, say); kombu's OperationalError (or OSError) if it does not answer."""
     from kombu.connection import Connection
 
-    options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-    with Connection(url, connect_timeout=timeout_s, transport_options=options) as conn:
+    options = dict(celeryconfig.build(settings)["broker_transport_options"])
+    options.update(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    with Connection(settings.broker_url, connect_timeout=timeout_s,
+                    transport_options=options) as conn:  # fmt: skip
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
 
 
