@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError, RedisError
 
 import sessions.redis_reads as reads
 from sessions.codec import Snapshot, encode_state
+from sessions.errors import StorageUnavailable
 from sessions.redis_ops import (
     END_OUTCOMES,
     UPDATE_OUTCOMES,
@@ -21,6 +23,7 @@ from sessions.redis_ops import (
 from sessions.redis_reads import FanOut
 from sessions.redis_scripts import ALL as SCRIPTS
 from sessions.redis_topology import RedisTopology
+from sessions.sentinel_watch import AsyncMasterWatch
 from sessions.state import SessionState
 from sessions.storage import (
     ARCHIVE_MARKS,
@@ -36,6 +39,7 @@ from sessions.storage import (
 )
 
 T = TypeVar("T")
+COMMAND_TIMEOUT_S = 5.0  # one round trip, including a script's run
 
 
 class RedisSessionStorage(SessionStorage):
@@ -58,11 +62,67 @@ class RedisSessionStorage(SessionStorage):
         self.session_prefix = session_prefix
         self.default_ttl = default_ttl
         self.max_connections = max_connections
+        self.command_timeout_s = COMMAND_TIMEOUT_S
+        self.pool_timeout_s = pool_timeout_s
         retention = retention or Retention(session_ttl_s=default_ttl)
         self.ops = RedisOps(self.topology.keyspace(session_prefix), retention)
-        self.client = self.topology.async_client(max_connections, pool_timeout_s)
+        self.client = self.topology.async_client(max_connections)
+        self._slots = asyncio.Semaphore(max_connections)
+        self._cluster_pending = self.topology.kind == "cluster"
+        self._cluster_lock = asyncio.Lock()
+        self._watch = (AsyncMasterWatch(self.topology, self.client.connection_pool)
+                       if self.topology.kind == "sentinel" else None)  # fmt: skip
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
         self._where = self.topology.describe()
+
+    async def _call(self, send: Callable[[], Awaitable[Any]], conversation_id: str | None) -> Any:
+        """One round trip: at most `max_connections` at once (waiting up to `pool_timeout_s`
+        for a turn), bounded by `command_timeout_s`; redis-py's errors as the package's.
+
+        The bound is one `asyncio.timeout` here rather than redis-py's socket timeouts, which
+        cost an extra task (and loop iterations) on every write and read.
+        """
+        if self._cluster_pending:
+            await self._learn_cluster()
+        if self._slots.locked():
+            await self._wait_for_slot()
+        else:
+            await self._slots.acquire()  # free: no wait, no timer
+        try:
+            async with asyncio.timeout(self.command_timeout_s):
+                return await send()
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"{self._where} did not answer within {self.command_timeout_s:g} s"
+            ) from None
+        except NoScriptError:
+            raise
+        except RedisError as exc:
+            raise translate_error(exc, self._where, conversation_id) from exc
+        finally:
+            self._slots.release()
+
+    async def _learn_cluster(self) -> None:
+        """Learn the cluster's slot map once, before the first command (many first commands
+        at once would each start redis-py's discovery and close one another's connections)."""
+        async with self._cluster_lock:
+            if self._cluster_pending:
+                try:
+                    async with asyncio.timeout(self.command_timeout_s):
+                        await self.client.initialize()
+                except (RedisError, TimeoutError) as exc:
+                    raise StorageUnavailable(f"{self._where} is unavailable: {exc}") from None
+                self._cluster_pending = False
+
+    async def _wait_for_slot(self) -> None:
+        try:
+            async with asyncio.timeout(self.pool_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"{self._where}: all {self.max_connections} connections busy for "
+                f"{self.pool_timeout_s:g} s (REDIS_MAX_CONNECTIONS)"
+            ) from None
 
     async def _run(self, call: ScriptCall, conversation_id: str | None = None) -> Any:
         """EVALSHA straight through the client (redis-py's Script wrapper costs ~40 µs a call);
@@ -70,33 +130,28 @@ class RedisSessionStorage(SessionStorage):
         script = self._scripts[call.script]
         command = ("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            try:
-                return await self.client.execute_command(*command)
-            except NoScriptError:
-                await self.client.script_load(script.script)
-                return await self.client.execute_command(*command)
-        except RedisError as exc:
-            raise translate_error(exc, self._where, conversation_id) from exc
+            return await self._call(lambda: self.client.execute_command(*command), conversation_id)
+        except NoScriptError:
+            await self._call(lambda: self.client.script_load(script.script), conversation_id)
+            return await self._call(lambda: self.client.execute_command(*command), conversation_id)
 
     async def _command(self, *command: Any, conversation_id: str | None = None) -> Any:
-        try:
-            return await self.client.execute_command(*command)
-        except RedisError as exc:
-            raise translate_error(exc, self._where, conversation_id) from exc
+        return await self._call(lambda: self.client.execute_command(*command), conversation_id)
+
+    async def _pipelined(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        async def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+
+        return list(await self._call(send, None))
 
     async def _read(self, plan: FanOut[T]) -> T:
         """One command per shard: the command itself for one shard, else one pipeline."""
-        try:
-            if len(plan.commands) == 1:
-                replies = [await self.client.execute_command(*plan.commands[0])]
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for command in plan.commands:
-                    pipe.execute_command(*command)
-                replies = list(await pipe.execute())
-        except RedisError as exc:
-            raise translate_error(exc, self._where, None) from exc
-        return plan.merge(replies)
+        if len(plan.commands) == 1:
+            return plan.merge([await self._command(*plan.commands[0])])
+        return plan.merge(await self._pipelined(plan.commands))
 
     # -- atomic operations ---------------------------------------------------
 
@@ -120,20 +175,14 @@ class RedisSessionStorage(SessionStorage):
             return SaveAck(await self.save(snapshot), None)
         call = self.ops.save(snapshot)
         script = self._scripts[call.script]
-        for attempt in (1, 2):
-            try:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.execute_command("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
-                pipe.execute_command("WAIT", replicas, timeout_ms)
-                outcome, acked = await pipe.execute()
-                return SaveAck(SaveOutcome(int(outcome)) is SaveOutcome.APPLIED, int(acked))
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self.client.script_load(script.script)
-            except RedisError as exc:
-                raise translate_error(exc, self._where, snapshot.conversation_id) from exc
-        raise AssertionError("unreachable")
+        commands = [("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args),
+                    ("WAIT", replicas, timeout_ms)]  # fmt: skip
+        try:
+            outcome, acked = await self._pipelined(commands)
+        except NoScriptError:
+            await self._call(lambda: self.client.script_load(script.script), None)
+            outcome, acked = await self._pipelined(commands)
+        return SaveAck(SaveOutcome(int(outcome)) is SaveOutcome.APPLIED, int(acked))
 
     async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
         if touch:
@@ -141,10 +190,7 @@ class RedisSessionStorage(SessionStorage):
             fields = dict(zip(flat[0::2], flat[1::2], strict=True)) if flat else None
         else:
             key = self.ops.keys.session(conversation_id)
-            try:
-                fields = await self.client.hgetall(key)
-            except RedisError as exc:
-                raise translate_error(exc, self._where, conversation_id) from exc
+            fields = await self._call(lambda: self.client.hgetall(key), conversation_id)
         return self.ops.parse_state(conversation_id, fields)
 
     async def claim(
@@ -239,12 +285,14 @@ class RedisSessionStorage(SessionStorage):
         return bool(await self._command("PING"))
 
     async def start(self) -> None:
-        """On a cluster, learn the slot map now (pub/sub needs it before any command ran)."""
-        if self.topology.kind == "cluster":
-            try:
-                await self.client.initialize()
-            except RedisError as exc:
-                raise translate_error(exc, self._where, None) from exc
+        """On a cluster, learn the slot map now (pub/sub needs it before any command ran); on
+        Sentinel, follow failovers as they happen (`sessions.sentinel_watch`)."""
+        if self._cluster_pending:
+            await self._learn_cluster()
+        if self._watch is not None:
+            self._watch.start()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
         await self.client.aclose()

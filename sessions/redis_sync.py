@@ -16,6 +16,7 @@ from sessions.redis_ops import END_OUTCOMES, RedisOps, Retention, ScriptCall, tr
 from sessions.redis_reads import FanOut
 from sessions.redis_scripts import ALL as SCRIPTS
 from sessions.redis_topology import RedisTopology
+from sessions.sentinel_watch import MasterWatch
 from sessions.storage import (
     ARCHIVE_MARKS,
     ArchiveMark,
@@ -51,6 +52,10 @@ class SyncRedisStore:
         self.client = self.topology.sync_client(max_connections, pool_timeout_s)
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
         self._where = self.topology.describe()
+        self._watch: MasterWatch | None = None
+        if self.topology.kind == "sentinel":  # follow failovers as they happen
+            self._watch = MasterWatch(self.topology, self.client.connection_pool)
+            self._watch.start()
 
     @property
     def keys(self) -> KeySpace:
@@ -232,4 +237,6 @@ class SyncRedisStore:
 
     def close(self) -> None:
         """Release the connections."""
+        if self._watch is not None:
+            self._watch.stop()
         self.client.close()

@@ -19,6 +19,12 @@ from sessions.settings import Settings, parse_addresses
 
 Kind = Literal["single", "sentinel", "cluster"]
 SOCKET_TIMEOUT_S = 5.0
+# redis-py's cluster clients send a command again after a connection error, by default up
+# to 10 times; a script that ran but whose answer was lost would then run twice (a claim
+# counted twice, a save reported stale). So the clients never resend: the error reaches the
+# caller as StorageUnavailable, and the callers (the workers' task retries, the persister)
+# send again where that is safe. Redirections (MOVED, ASK) are followed all the same.
+PUBSUB_HEADROOM = 4  # connections beyond the command limit: subscriptions hold one each
 
 
 @dataclass(frozen=True)
@@ -82,52 +88,73 @@ class RedisTopology:
             out["password"] = self.password
         return out
 
-    def _sentinel_kwargs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S,
-                               "socket_connect_timeout": SOCKET_TIMEOUT_S}  # fmt: skip
+    def sentinel_auth(self) -> dict[str, Any]:
+        """How to log in to the sentinels themselves."""
+        out: dict[str, Any] = {}
         if self.sentinel_username:
             out["username"] = self.sentinel_username
         if self.sentinel_password:
             out["password"] = self.sentinel_password
         return out
 
-    def async_client(self, max_connections: int, pool_timeout_s: float) -> Any:
-        """An asyncio client (`redis.asyncio.Redis`, or `RedisCluster` on a cluster)."""
-        from redis.asyncio import BlockingConnectionPool, Redis
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        return {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": SOCKET_TIMEOUT_S,
+                **self.sentinel_auth()}  # fmt: skip
+
+    def async_client(self, max_connections: int) -> Any:
+        """An asyncio client (`redis.asyncio.Redis`, or `RedisCluster` on a cluster).
+
+        Its connections have no socket timeout: the caller bounds each round trip (one
+        `asyncio.timeout`, see `RedisSessionStorage`) and how many run at once. The pool has a
+        few connections more than that, for pub/sub.
+        """
+        from redis.asyncio import ConnectionPool, Redis
         from redis.asyncio.cluster import RedisCluster
-        from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+        from redis.asyncio.retry import Retry
+        from redis.asyncio.sentinel import Sentinel
+        from redis.backoff import NoBackoff
 
-        class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
-            """The master's connections, waiting for a free one as the plain pool does."""
-
-        return self._client(Redis, BlockingConnectionPool, RedisCluster, Sentinel,
-                            BlockingSentinelPool, max_connections, pool_timeout_s)  # fmt: skip
+        options = {"decode_responses": True, "socket_timeout": None,
+                   "socket_connect_timeout": SOCKET_TIMEOUT_S, **self._credentials()}  # fmt: skip
+        size = max_connections + PUBSUB_HEADROOM
+        if self.kind == "cluster":  # the client never resends (see the note at the top)
+            return RedisCluster.from_url(self.url, max_connections=size,
+                                         retry=Retry(NoBackoff(), 0), **options)  # fmt: skip
+        if self.kind == "sentinel":
+            watcher = self._sentinel(Sentinel)
+            return watcher.master_for(self.master_name, db=self.db, max_connections=size,
+                                      **options)  # fmt: skip
+        return Redis(connection_pool=ConnectionPool.from_url(self.url, max_connections=size,
+                                                             **options))  # fmt: skip
 
     def sync_client(self, max_connections: int, pool_timeout_s: float) -> Any:
-        """A blocking client (`redis.Redis`, or `RedisCluster` on a cluster)."""
+        """A blocking client (`redis.Redis`, or `RedisCluster` on a cluster), waiting up to
+        `pool_timeout_s` for a free connection."""
         from redis import BlockingConnectionPool, Redis, RedisCluster
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
         from redis.sentinel import Sentinel, SentinelConnectionPool
 
         class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
             """The master's connections, waiting for a free one as the plain pool does."""
 
-        return self._client(Redis, BlockingConnectionPool, RedisCluster, Sentinel,
-                            BlockingSentinelPool, max_connections, pool_timeout_s)  # fmt: skip
-
-    def _client(
-        self, redis: Any, pool: Any, cluster: Any, sentinel: Any, sentinel_pool: Any,
-        max_connections: int, pool_timeout_s: float,
-    ) -> Any:  # fmt: skip
-        options = {"decode_responses": True, **self._credentials()}
+        options = {"decode_responses": True, "socket_timeout": SOCKET_TIMEOUT_S,
+                   "socket_connect_timeout": SOCKET_TIMEOUT_S, **self._credentials()}  # fmt: skip
         if self.kind == "cluster":
-            return cluster.from_url(self.url, max_connections=max_connections, **options)
+            return RedisCluster.from_url(self.url, max_connections=max_connections,
+                                         retry=Retry(NoBackoff(), 0), **options)  # fmt: skip
         if self.kind == "sentinel":
-            watcher = sentinel(list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs(),
-                               socket_timeout=SOCKET_TIMEOUT_S)  # fmt: skip
-            return watcher.master_for(self.master_name, connection_pool_class=sentinel_pool,
-                                      db=self.db, max_connections=max_connections,
-                                      timeout=pool_timeout_s, **options)  # fmt: skip
-        connections = pool.from_url(
+            watcher = self._sentinel(Sentinel)
+            master: Any = watcher.master_for
+            return master(self.master_name, connection_pool_class=BlockingSentinelPool,
+                          db=self.db, max_connections=max_connections, timeout=pool_timeout_s,
+                          **options)  # fmt: skip
+        pool = BlockingConnectionPool.from_url(
             self.url, max_connections=max_connections, timeout=pool_timeout_s, **options
         )
-        return redis(connection_pool=connections)
+        return Redis(connection_pool=pool)
+
+    def _sentinel(self, sentinel_class: Any) -> Any:
+        """redis-py's `Sentinel` (sync or asyncio) over our sentinels."""
+        return sentinel_class(list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs(),
+                              socket_timeout=SOCKET_TIMEOUT_S)  # fmt: skip

@@ -80,7 +80,11 @@ class SentinelGroup:
             client.close()
 
     def failover(self) -> int:
-        """Force a failover (SENTINEL FAILOVER); wait until the other node is the master."""
+        """Force a failover (SENTINEL FAILOVER); wait until the other node is the master.
+
+        It first waits until the replica is in sync and known to the sentinels (right after
+        a failover the old master is still resyncing, and sentinels refuse another)."""
+        self.wait_for_replica()
         before = self.master_port()
         client = self.sentinels[0].client(self.sentinel_password)
         try:
@@ -90,6 +94,23 @@ class SentinelGroup:
         _wait(lambda: self.master_port() != before and self._is_master(self.master_port()),
               "the failover to complete")  # fmt: skip
         return self.master_port()
+
+    def wait_for_replica(self) -> None:
+        """Until the replica is in sync and the sentinels know it (a failover can go there)."""
+        _wait(self._replica_ready, "the replica to be in sync")
+
+    def _replica_ready(self) -> bool:
+        port = self.master_port()
+        replica = next(n for n in (self.master, self.replica) if n.port != port)
+        if not _linked(replica):
+            return False
+        client = self.sentinels[0].client(self.sentinel_password)
+        try:
+            known = client.sentinel_slaves(self.master_name)
+        finally:
+            client.close()
+        return any(int(r["port"]) == replica.port and "down" not in str(r["flags"])
+                   and "disconnected" not in str(r["flags"]) for r in known)  # fmt: skip
 
     def _is_master(self, port: int) -> bool:
         node = next(n for n in (self.master, self.replica) if n.port == port)
