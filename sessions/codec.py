@@ -7,7 +7,7 @@ compare it and use it as an index score. Both backends store this map.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,19 +50,22 @@ def encode_fields(state: SessionState, names: set[str]) -> dict[str, str]:
     return fields
 
 
+_PREFIXES = {name: f'"{name}":' for name in FIELD_NAMES if name != ACTIVITY_FIELD}
+
+
 def fields_to_json(conversation_id: str, fields: Mapping[str, str]) -> str:
     """One JSON document (the `to_dict()` shape) from a stored field map."""
-    parts = []
-    for name in FIELD_NAMES:
-        raw = fields.get(name)
-        if raw is None:
-            continue
-        if name == ACTIVITY_FIELD:
-            try:
-                raw = '"' + from_us(int(raw)).isoformat() + '"'
-            except (ValueError, OverflowError):
-                raise CorruptSession(conversation_id, f"last_activity {raw[:40]!r}") from None
-        parts.append(f'"{name}":{raw}')
+    return _document(conversation_id, fields.items(), fields.get(ACTIVITY_FIELD))
+
+
+def _document(conversation_id: str, pairs: Iterable[tuple[str, str]], activity: str | None) -> str:
+    prefixes = _PREFIXES
+    parts = [prefixes[name] + raw for name, raw in pairs if name in prefixes]
+    if activity is not None:
+        try:
+            parts.append(f'"{ACTIVITY_FIELD}":"{from_us(int(activity)).isoformat()}"')
+        except (ValueError, OverflowError):
+            raise CorruptSession(conversation_id, f"last_activity {activity[:40]!r}") from None
     return "{" + ",".join(parts) + "}"
 
 
@@ -70,8 +73,22 @@ def decode_state(conversation_id: str, fields: Mapping[str, str]) -> SessionStat
     """Parse a stored field map; CorruptSession names the conversation on failure."""
     if "conversation_id" not in fields:
         raise CorruptSession(conversation_id, "no conversation_id field")
+    return _validated(conversation_id, fields_to_json(conversation_id, fields))
+
+
+def decode_flat(conversation_id: str, flat: Sequence[str]) -> SessionState:
+    """Like `decode_state`, from a script's HGETALL-style reply (name, text, name, text...)."""
+    pairs = list(zip(flat[0::2], flat[1::2], strict=True))
+    names = flat[0::2]
+    if "conversation_id" not in names:
+        raise CorruptSession(conversation_id, "no conversation_id field")
+    activity = next((raw for name, raw in pairs if name == ACTIVITY_FIELD), None)
+    return _validated(conversation_id, _document(conversation_id, pairs, activity))
+
+
+def _validated(conversation_id: str, document: str) -> SessionState:
     try:
-        return SessionState.model_validate_json(fields_to_json(conversation_id, fields))
+        return SessionState.model_validate_json(document)
     except ValidationError as exc:
         raise CorruptSession(conversation_id, describe_validation_error(exc)) from None
 

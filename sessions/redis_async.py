@@ -187,10 +187,9 @@ class RedisSessionStorage(SessionStorage):
     async def load(self, conversation_id: str, touch: bool = False) -> SessionState | None:
         if touch:
             flat = await self._run(self.ops.touch_load(conversation_id), conversation_id)
-            fields = dict(zip(flat[0::2], flat[1::2], strict=True)) if flat else None
-        else:
-            key = self.ops.keys.session(conversation_id)
-            fields = await self._call(lambda: self.client.hgetall(key), conversation_id)
+            return self.ops.parse_flat(conversation_id, flat)
+        key = self.ops.keys.session(conversation_id)
+        fields = await self._call(lambda: self.client.hgetall(key), conversation_id)
         return self.ops.parse_state(conversation_id, fields)
 
     async def claim(
@@ -212,20 +211,11 @@ class RedisSessionStorage(SessionStorage):
         return UPDATE_OUTCOMES[await self._run(call, conversation_id)]
 
     async def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
-        cutoff_us = self.ops.now_us() - int(max_age_s * 1_000_000)
-        ended: list[str] = []
-        vanished = 0
-        for shard in self.ops.keys.all_shards:
-            left = limit - len(ended) - vanished
-            if left <= 0:
-                break
-            found = await self._command(*self.ops.expire_candidates(shard, cutoff_us, left))
-            if found:
-                reply = await self._run(self.ops.expire(shard, found, cutoff_us))
-                result = self.ops.parse_expire(reply)
-                ended += result.ended
-                vanished += result.vanished
-        return ExpireResult(ended=ended, vanished=vanished)
+        sweep = self.ops.expire_sweep(max_age_s, limit)
+        while (step := sweep.next_read()) is not None:
+            if found := await self._command(*step[1]):
+                sweep.add(await self._run(sweep.script(step[0], found)))
+        return sweep.result()
 
     async def delete_session(self, conversation_id: str) -> bool:
         return bool(await self._run(self.ops.delete(conversation_id), conversation_id))

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sessions.clock import from_us, now_us
-from sessions.codec import ACTIVITY_FIELD, ARCHIVED_FIELD, Snapshot, decode_state
+from sessions.codec import ACTIVITY_FIELD, ARCHIVED_FIELD, Snapshot, decode_flat, decode_state
 from sessions.keys import KeySpace, check_conversation_id
 from sessions.redis_reads import Command
 from sessions.state import SessionState
@@ -71,11 +71,6 @@ def _flatten(fields: Mapping[str, str]) -> list[Arg]:
         out.append(name)
         out.append(value)
     return out
-
-
-def pairs_to_dict(flat: list[str]) -> dict[str, str]:
-    """A HGETALL-style flat list as a dict."""
-    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def redact_url(url: str) -> str:
@@ -225,6 +220,10 @@ class RedisOps:
         """Delete a session and its index entries."""
         return ScriptCall("delete", self.keys.script_keys(conversation_id), [conversation_id])
 
+    def expire_sweep(self, max_age_s: float, limit: int) -> ExpireSweep:
+        """A batch of the expiry sweep: the shards in turn, up to `limit` sessions."""
+        return ExpireSweep(self, now_us() - int(max_age_s * 1_000_000), limit)
+
     def expire_candidates(self, shard: int, cutoff_us: int, limit: int) -> Command:
         """The read that picks up to `limit` of a shard's sessions idle since `cutoff_us`."""
         live = self.keys.live_index(shard)
@@ -265,6 +264,11 @@ class RedisOps:
     # -- replies ---------------------------------------------------------------
 
     @staticmethod
+    def parse_flat(conversation_id: str, flat: Sequence[str] | None) -> SessionState | None:
+        """A decoded state from a script's name/text list, or None for an empty reply."""
+        return decode_flat(conversation_id, flat) if flat else None
+
+    @staticmethod
     def parse_state(conversation_id: str, fields: Mapping[str, str] | None) -> SessionState | None:
         """A decoded state, or None for an empty reply."""
         if not fields:
@@ -277,7 +281,7 @@ class RedisOps:
         outcome = ClaimOutcome(reply[0])
         if outcome is not ClaimOutcome.OK:
             return ClaimResult(outcome)
-        return ClaimResult(outcome, decode_state(conversation_id, pairs_to_dict(reply[1])))
+        return ClaimResult(outcome, decode_flat(conversation_id, reply[1]))
 
     @staticmethod
     def parse_create(reply: list[str]) -> CreateResult:
@@ -302,6 +306,36 @@ class RedisOps:
     def is_archived(fields: Mapping[str, str]) -> bool:
         """Whether a stored field map carries the archived flag."""
         return ARCHIVED_FIELD in fields
+
+
+class ExpireSweep:
+    """One expiry batch over the shards: for each, read the candidates (`next_read`), then
+    end the ones still idle with the script (`script`); `add` counts what it did."""
+
+    def __init__(self, ops: RedisOps, cutoff_us: int, limit: int) -> None:
+        self.ops, self.cutoff_us, self.limit = ops, cutoff_us, limit
+        self.ended: list[str] = []
+        self.vanished = 0
+        self._shards = iter(ops.keys.all_shards)
+
+    def next_read(self) -> tuple[int, Command] | None:
+        """The next shard and the read of its candidates; None once done or full."""
+        left = self.limit - len(self.ended) - self.vanished
+        shard = next(self._shards, None) if left > 0 else None
+        if shard is None:
+            return None
+        return shard, self.ops.expire_candidates(shard, self.cutoff_us, left)
+
+    def script(self, shard: int, candidates: Sequence[str]) -> ScriptCall:
+        return self.ops.expire(shard, candidates, self.cutoff_us)
+
+    def add(self, reply: list[Any]) -> None:
+        result = self.ops.parse_expire(reply)
+        self.ended += result.ended
+        self.vanished += result.vanished
+
+    def result(self) -> ExpireResult:
+        return ExpireResult(ended=self.ended, vanished=self.vanished)
 
 
 def check_ids(ids: Iterable[str]) -> list[str]:

@@ -152,19 +152,11 @@ class SyncRedisStore:
 
     def expire_batch(self, max_age_s: float, limit: int) -> ExpireResult:
         """End up to `limit` sessions idle past `max_age_s` (each shard in turn)."""
-        cutoff_us = self.ops.now_us() - int(max_age_s * 1_000_000)
-        ended: list[str] = []
-        vanished = 0
-        for shard in self.ops.keys.all_shards:
-            left = limit - len(ended) - vanished
-            if left <= 0:
-                break
-            found = self._do(*self.ops.expire_candidates(shard, cutoff_us, left))
-            if found:
-                result = self.ops.parse_expire(self._run(self.ops.expire(shard, found, cutoff_us)))
-                ended += result.ended
-                vanished += result.vanished
-        return ExpireResult(ended=ended, vanished=vanished)
+        sweep = self.ops.expire_sweep(max_age_s, limit)
+        while (step := sweep.next_read()) is not None:
+            if found := self._do(*step[1]):
+                sweep.add(self._run(sweep.script(step[0], found)))
+        return sweep.result()
 
     def archive_overdue(self, older_than_s: float, limit: int) -> list[str]:
         """Ended sessions still unarchived `older_than_s` after they ended, oldest first."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,6 +16,7 @@ from sessions.redis_async import RedisSessionStorage
 from sessions.service import SessionManagerService
 from tests.helpers import make_state
 from tests.services import free_port, throwaway_redis
+from tests.topology import start_node
 
 
 @pytest.fixture
@@ -153,3 +156,25 @@ async def test_scripts_are_loaded_again_after_redis_forgets_them() -> None:
             assert state is not None and state.conversation_id == "c1"
         finally:
             await storage.close()
+
+
+async def test_a_redis_that_stops_answering_is_unavailable_in_time_and_no_reply_crosses(
+    tmp_path: Path,
+) -> None:
+    node = start_node(tmp_path, "frozen", free_port(), ["--save", "", "--appendonly", "no"])
+    storage = RedisSessionStorage(f"redis://127.0.0.1:{node.port}", session_prefix="t:")
+    storage.command_timeout_s = 0.5
+    try:
+        await storage.save(Snapshot.of(make_state("c1", caller="first")))
+        await storage.save(Snapshot.of(make_state("c2", caller="second")))
+        node.proc.send_signal(signal.SIGSTOP)  # the server hangs: nothing answers
+        try:
+            with pytest.raises(StorageUnavailable, match="did not answer within 0.5 s"):
+                await storage.load("c1")
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+        stored = await storage.load("c2")  # the late answer to c1 never reaches this read
+        assert stored is not None and stored.caller == "second"
+    finally:
+        await storage.close()
+        node.stop()

@@ -141,7 +141,7 @@ def _cluster_port() -> int:
             return port
 
 
-def _start(workdir: Path, name: str, port: int, args: list[str]) -> Node:
+def start_node(workdir: Path, name: str, port: int, args: list[str]) -> Node:
     log = workdir / f"{name}.log"
     cmd = ["redis-server", *args, "--port", str(port), "--bind", "127.0.0.1",
            "--dir", str(workdir), "--logfile", str(log)]  # fmt: skip
@@ -174,10 +174,10 @@ def sentinel_group() -> Iterator[SentinelGroup]:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="opus-sentinel-")))
         data = ["--save", "", "--appendonly", "no", "--requirepass", DATA_PASSWORD,
                 "--masterauth", DATA_PASSWORD]  # fmt: skip
-        master = _start(workdir, "master", free_port(), data)
+        master = start_node(workdir, "master", free_port(), data)
         stack.callback(master.stop)
         replica_args = [*data, "--replicaof", "127.0.0.1", str(master.port)]
-        replica = _start(workdir, "replica", free_port(), replica_args)
+        replica = start_node(workdir, "replica", free_port(), replica_args)
         stack.callback(replica.stop)
         _wait(lambda: _linked(replica), "the replica to sync")
         sentinels = []
@@ -248,7 +248,7 @@ def cluster_group(masters: int = 3) -> Iterator[ClusterGroup]:
             args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "5000", "--save", "",
                     "--appendonly", "no"]  # fmt: skip
-            node = _start(node_dir, f"node-{index}", _cluster_port(), args)
+            node = start_node(node_dir, f"node-{index}", _cluster_port(), args)
             stack.callback(node.stop)
             group.nodes.append(node)
         addresses = [f"127.0.0.1:{n.port}" for n in group.nodes]
