@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from sessions.codec import Snapshot
 from sessions.memory import MemorySessionStorage
 from sessions.redis_async import RedisSessionStorage
+from sessions.redis_lane import DirectLane
 from sessions.service import SessionManagerService
 from sessions.state import SessionState, SessionStatus
 from sessions.storage import SessionStorage
@@ -119,8 +120,9 @@ async def measure(name: str, backend: str, op: Op, n: int, warmup: int = WARMUP)
     return Row(name, backend, ops_s, pct(samples, 0.50), pct(samples, 0.99))
 
 
-async def raw_ops(url: str, prefix: str) -> tuple[dict[str, Op], Redis]:
-    """The baseline: plain GET and SET of a 2 KB value through redis-py."""
+async def raw_ops(url: str, prefix: str) -> tuple[dict[str, Op], Callable[[], Awaitable[None]]]:
+    """The baseline: plain GET and SET of a 2 KB value through redis-py; and the same GET on
+    the storage's direct lane (hiredis packing, no pool checkout), for the floor it has."""
     client = Redis.from_url(url, decode_responses=True)
     key = prefix + "raw:get"
     await client.set(key, "x" * 2048)
@@ -131,7 +133,16 @@ async def raw_ops(url: str, prefix: str) -> tuple[dict[str, Op], Redis]:
     async def put(i: int) -> bool:
         return bool(await client.set(prefix + "raw:set", str(i) * 2048))
 
-    return {"raw GET 2KB": get, "raw SET": put}, client
+    lane = DirectLane(client.connection_pool.make_connection, client.connection_pool)
+
+    async def direct_get(_: int) -> bool:
+        return await lane.execute(("GET", key)) is not None
+
+    async def close() -> None:
+        await lane.disconnect()
+        await client.aclose()
+
+    return {"raw GET 2KB": get, "raw SET": put, "direct GET 2KB": direct_get}, close
 
 
 async def core_ops(storage: SessionStorage) -> dict[str, Op]:
@@ -284,13 +295,13 @@ class Run:
         return Sweep(backend, ma, mb, ma / mb, runs[0], runs[1])
 
     async def all(self) -> dict[str, Any]:
-        raw, client = await raw_ops(self.url, self.prefix)
+        raw, close_raw = await raw_ops(self.url, self.prefix)
         backends = {"redis": raw, "memory": await core_ops(self.memory())}
         backends["redis"] = raw | await core_ops(self.redis("redis"))
         try:
             rows = await alternating(backends, self.sizes.ops, self.sizes.runs)
         finally:
-            await client.aclose()
+            await close_raw()
         base = next(r for r in rows if r.operation == "raw GET 2KB").p50_us
         for extra in (await list_row(self.memory(), "memory", self.sizes),
                       await list_row(self.redis("list"), "redis", self.sizes)):  # fmt: skip

@@ -7,7 +7,7 @@ compare it and use it as an index score. Both backends store this map.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,12 +55,9 @@ _PREFIXES = {name: f'"{name}":' for name in FIELD_NAMES if name != ACTIVITY_FIEL
 
 def fields_to_json(conversation_id: str, fields: Mapping[str, str]) -> str:
     """One JSON document (the `to_dict()` shape) from a stored field map."""
-    return _document(conversation_id, fields.items(), fields.get(ACTIVITY_FIELD))
-
-
-def _document(conversation_id: str, pairs: Iterable[tuple[str, str]], activity: str | None) -> str:
     prefixes = _PREFIXES
-    parts = [prefixes[name] + raw for name, raw in pairs if name in prefixes]
+    parts = [prefixes[name] + raw for name, raw in fields.items() if name in prefixes]
+    activity = fields.get(ACTIVITY_FIELD)
     if activity is not None:
         try:
             parts.append(f'"{ACTIVITY_FIELD}":"{from_us(int(activity)).isoformat()}"')
@@ -78,12 +75,11 @@ def decode_state(conversation_id: str, fields: Mapping[str, str]) -> SessionStat
 
 def decode_flat(conversation_id: str, flat: Sequence[str]) -> SessionState:
     """Like `decode_state`, from a script's HGETALL-style reply (name, text, name, text...)."""
-    pairs = list(zip(flat[0::2], flat[1::2], strict=True))
-    names = flat[0::2]
-    if "conversation_id" not in names:
-        raise CorruptSession(conversation_id, "no conversation_id field")
-    activity = next((raw for name, raw in pairs if name == ACTIVITY_FIELD), None)
-    return _validated(conversation_id, _document(conversation_id, pairs, activity))
+    try:
+        fields = dict(zip(flat[0::2], flat[1::2], strict=True))
+    except ValueError:
+        raise CorruptSession(conversation_id, "a field without a value") from None
+    return decode_state(conversation_id, fields)
 
 
 def _validated(conversation_id: str, document: str) -> SessionState:

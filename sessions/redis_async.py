@@ -12,6 +12,7 @@ from redis.exceptions import NoScriptError, RedisError
 import sessions.redis_reads as reads
 from sessions.codec import Snapshot, encode_state
 from sessions.errors import StorageUnavailable
+from sessions.redis_lane import DirectLane
 from sessions.redis_ops import (
     END_OUTCOMES,
     UPDATE_OUTCOMES,
@@ -70,7 +71,10 @@ class RedisSessionStorage(SessionStorage):
         self._slots = asyncio.Semaphore(max_connections)
         self._cluster_pending = self.topology.kind == "cluster"
         self._cluster_lock = asyncio.Lock()
-        self._watch = (AsyncMasterWatch(self.topology, self.client.connection_pool)
+        self._lane = (None if self._cluster_pending else
+                      DirectLane(self.client.connection_pool.make_connection,
+                                 self.client.connection_pool))  # fmt: skip
+        self._watch = (AsyncMasterWatch(self.topology, self._lane)
                        if self.topology.kind == "sentinel" else None)  # fmt: skip
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}
         self._where = self.topology.describe()
@@ -125,15 +129,27 @@ class RedisSessionStorage(SessionStorage):
             ) from None
 
     async def _run(self, call: ScriptCall, conversation_id: str | None = None) -> Any:
-        """EVALSHA straight through the client (redis-py's Script wrapper costs ~40 µs a call);
-        after a Redis restart emptied the script cache, the script is loaded and run again."""
+        """EVALSHA on the direct lane (a cluster's client routes it by its first key); after a
+        Redis restart emptied the script cache, the script is loaded and run again."""
         script = self._scripts[call.script]
         command = ("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
         try:
-            return await self._call(lambda: self.client.execute_command(*command), conversation_id)
+            return await self._call(self._sender(command), conversation_id)
         except NoScriptError:
-            await self._call(lambda: self.client.script_load(script.script), conversation_id)
-            return await self._call(lambda: self.client.execute_command(*command), conversation_id)
+            await self._load_script(script.script, conversation_id)
+            return await self._call(self._sender(command), conversation_id)
+
+    async def _load_script(self, source: str, conversation_id: str | None) -> None:
+        if self._lane is None:  # a cluster's client loads it on every master
+            await self._call(lambda: self.client.script_load(source), conversation_id)
+        else:
+            await self._call(self._sender(("SCRIPT", "LOAD", source)), conversation_id)
+
+    def _sender(self, command: tuple[Any, ...]) -> Callable[[], Awaitable[Any]]:
+        lane = self._lane
+        if lane is None:
+            return lambda: self.client.execute_command(*command)
+        return lambda: lane.execute(command)
 
     async def _command(self, *command: Any, conversation_id: str | None = None) -> Any:
         return await self._call(lambda: self.client.execute_command(*command), conversation_id)
@@ -180,7 +196,7 @@ class RedisSessionStorage(SessionStorage):
         try:
             outcome, acked = await self._pipelined(commands)
         except NoScriptError:
-            await self._call(lambda: self.client.script_load(script.script), None)
+            await self._load_script(script.script, None)
             outcome, acked = await self._pipelined(commands)
         return SaveAck(SaveOutcome(int(outcome)) is SaveOutcome.APPLIED, int(acked))
 
@@ -285,4 +301,6 @@ class RedisSessionStorage(SessionStorage):
     async def close(self) -> None:
         if self._watch is not None:
             await self._watch.stop()
+        if self._lane is not None:
+            await self._lane.disconnect()
         await self.client.aclose()

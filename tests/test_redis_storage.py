@@ -158,8 +158,9 @@ async def test_scripts_are_loaded_again_after_redis_forgets_them() -> None:
             await storage.close()
 
 
+@pytest.mark.parametrize("touch", [False, True], ids=["read", "script"])
 async def test_a_redis_that_stops_answering_is_unavailable_in_time_and_no_reply_crosses(
-    tmp_path: Path,
+    tmp_path: Path, touch: bool
 ) -> None:
     node = start_node(tmp_path, "frozen", free_port(), ["--save", "", "--appendonly", "no"])
     storage = RedisSessionStorage(f"redis://127.0.0.1:{node.port}", session_prefix="t:")
@@ -170,11 +171,30 @@ async def test_a_redis_that_stops_answering_is_unavailable_in_time_and_no_reply_
         node.proc.send_signal(signal.SIGSTOP)  # the server hangs: nothing answers
         try:
             with pytest.raises(StorageUnavailable, match="did not answer within 0.5 s"):
-                await storage.load("c1")
+                await storage.load("c1", touch=touch)
         finally:
             node.proc.send_signal(signal.SIGCONT)
-        stored = await storage.load("c2")  # the late answer to c1 never reaches this read
+        stored = await storage.load("c2", touch=touch)  # c1's late answer never reaches it
         assert stored is not None and stored.caller == "second"
     finally:
         await storage.close()
         node.stop()
+
+
+async def test_connections_the_server_closed_while_idle_are_reopened_before_use() -> None:
+    with throwaway_redis() as url:
+        storage = RedisSessionStorage(url, session_prefix="t:")
+        killer = redis.Redis.from_url(url)
+        try:
+            await storage.save(Snapshot.of(make_state("c1")))
+            await storage.save(Snapshot.of(make_state("c2")))
+            own = killer.client_id()
+            for client in killer.client_list():  # as the server's idle `timeout` would
+                if int(client["id"]) != own:
+                    killer.client_kill_filter(_id=client["id"])
+            for cid in ("c1", "c2"):
+                state = await storage.load(cid, touch=True)
+                assert state is not None and state.conversation_id == cid
+        finally:
+            await storage.close()
+            killer.close()
