@@ -133,7 +133,7 @@ async def raw_ops(url: str, prefix: str) -> tuple[dict[str, Op], Callable[[], Aw
     async def put(i: int) -> bool:
         return bool(await client.set(prefix + "raw:set", str(i) * 2048))
 
-    lane = DirectLane(client.connection_pool.make_connection, client.connection_pool)
+    lane = DirectLane(client.connection_pool)
 
     async def direct_get(_: int) -> bool:
         return await lane.execute(("GET", key)) is not None

@@ -70,7 +70,10 @@ def decode_state(conversation_id: str, fields: Mapping[str, str]) -> SessionStat
     """Parse a stored field map; CorruptSession names the conversation on failure."""
     if "conversation_id" not in fields:
         raise CorruptSession(conversation_id, "no conversation_id field")
-    return _validated(conversation_id, fields_to_json(conversation_id, fields))
+    try:
+        return SessionState.model_validate_json(fields_to_json(conversation_id, fields))
+    except ValidationError as exc:
+        raise CorruptSession(conversation_id, describe_validation_error(exc)) from None
 
 
 def decode_flat(conversation_id: str, flat: Sequence[str]) -> SessionState:
@@ -80,13 +83,6 @@ def decode_flat(conversation_id: str, flat: Sequence[str]) -> SessionState:
     except ValueError:
         raise CorruptSession(conversation_id, "a field without a value") from None
     return decode_state(conversation_id, fields)
-
-
-def _validated(conversation_id: str, document: str) -> SessionState:
-    try:
-        return SessionState.model_validate_json(document)
-    except ValidationError as exc:
-        raise CorruptSession(conversation_id, describe_validation_error(exc)) from None
 
 
 def decode_dict(conversation_id: str, fields: Mapping[str, str]) -> dict[str, Any]:

@@ -71,9 +71,7 @@ class RedisSessionStorage(SessionStorage):
         self._slots = asyncio.Semaphore(max_connections)
         self._cluster_pending = self.topology.kind == "cluster"
         self._cluster_lock = asyncio.Lock()
-        self._lane = (None if self._cluster_pending else
-                      DirectLane(self.client.connection_pool.make_connection,
-                                 self.client.connection_pool))  # fmt: skip
+        self._lane = None if self._cluster_pending else DirectLane(self.client.connection_pool)
         self._watch = (AsyncMasterWatch(self.topology, self._lane)
                        if self.topology.kind == "sentinel" else None)  # fmt: skip
         self._scripts = {name: self.client.register_script(src) for name, src in SCRIPTS.items()}

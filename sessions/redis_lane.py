@@ -15,7 +15,7 @@ claim moves the epoch twice), except a create, which reports that the session ex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from hiredis import pack_command
@@ -24,11 +24,10 @@ from redis.exceptions import ConnectionError, ResponseError
 
 
 class DirectLane:
-    """Connections made by `make_connection` (a pool's own factory, so Sentinel connections
-    still find the master), used one command at a time. Callers bound the concurrency."""
+    """Connections made by `pool`'s own factory (so Sentinel connections still find the
+    master) but kept out of it, used one command at a time. Callers bound the concurrency."""
 
-    def __init__(self, make_connection: Callable[[], AbstractConnection], pool: Any) -> None:
-        self._make = make_connection
+    def __init__(self, pool: Any) -> None:
         self._pool = pool
         self._idle: list[AbstractConnection] = []
         self._made: list[AbstractConnection] = []
@@ -76,6 +75,6 @@ class DirectLane:
         await self._pool.disconnect()
 
     def _new(self) -> AbstractConnection:
-        conn = self._make()
+        conn: AbstractConnection = self._pool.make_connection()
         self._made.append(conn)
         return conn

@@ -181,7 +181,7 @@ async def test_a_redis_that_stops_answering_is_unavailable_in_time_and_no_reply_
         node.stop()
 
 
-async def test_connections_the_server_closed_while_idle_are_reopened_before_use() -> None:
+async def test_a_script_sent_on_a_connection_the_server_closed_while_idle_goes_through() -> None:
     with throwaway_redis() as url:
         storage = RedisSessionStorage(url, session_prefix="t:")
         killer = redis.Redis.from_url(url)
