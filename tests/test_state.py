@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sessions.codec import Snapshot, decode_state, encode_state
-from sessions.errors import InvalidConversationId, InvalidSessionData, SessionEnded
+from sessions.errors import CorruptSession, InvalidConversationId, InvalidSessionData, SessionEnded
 from sessions.keys import KeySpace
 from sessions.state import SessionState, SessionStatus
 
@@ -64,6 +64,32 @@ def test_every_field_round_trips_through_the_stored_field_map() -> None:
     state = full_state()
     assert decode_state("conv-1", encode_state(state)) == state
     assert decode_state("conv-1", Snapshot.of(state).fields) == state
+
+
+def test_a_long_history_decodes_exactly_as_the_model_validates_it() -> None:
+    state = full_state()
+    for i in range(50):
+        state.add_conversation_item({"role": "user", "content": f"turn {i} ünïcode", "n": i})
+    state.conversation_history.append({"nested": {"list": [1.5, None, True]}, "big": 2**70})
+    decoded = decode_state("conv-1", encode_state(state))
+    assert decoded == state
+    assert decoded.model_fields_set == SessionState.model_validate(state.to_dict()).model_fields_set
+    assert decoded.to_dict() == state.to_dict()
+
+
+@pytest.mark.parametrize(
+    "history",
+    ['[{"role": "user"}, ' * 10 + "oops",
+     '{"an object": "where a list of items should be, long enough to be parsed apart"}',
+     '[{"role": "user", "content": "fine"}, "a string where an item should be", 3]'],
+    ids=["invalid JSON", "an object", "items that are not objects"],
+)  # fmt: skip
+def test_a_corrupt_long_history_is_a_corrupt_session_naming_the_conversation(
+    history: str,
+) -> None:
+    fields = encode_state(full_state()) | {"conversation_history": history}
+    with pytest.raises(CorruptSession, match="'conv-1'.*conversation_history"):
+        decode_state("conv-1", fields)
 
 
 def test_to_dict_is_json_safe_with_base64_audio_and_utc_times() -> None:
